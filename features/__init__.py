@@ -1,0 +1,1 @@
+"""Order-data ingestion, feature computation and the Feast feature repository."""

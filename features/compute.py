@@ -1,0 +1,288 @@
+"""Customer and product features as of a grid of snapshot dates (DuckDB SQL over canonical Parquet).
+
+Each feature row carries ``event_timestamp`` = the snapshot moment T it is valid at, and is computed
+only from order lines strictly before T. Feast's point-in-time join then returns, for an entity at
+time t, the latest row with T <= t, so no order at or after t can leak into a training frame.
+
+The SQL reads the committed Parquet parts directly, so DuckDB streams them and can spill to disk:
+the data never has to fit in Python's memory.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+
+from features.ingest import OrderStore
+
+log = logging.getLogger(__name__)
+
+CUSTOMER_FEATURES_FILE = "customer_features.parquet"
+PRODUCT_FEATURES_FILE = "product_features.parquet"
+
+
+class NoDataError(Exception):
+    """There are no committed order lines to compute features from."""
+
+
+@dataclass(frozen=True)
+class FeatureBuild:
+    as_of: dt.datetime
+    snapshots: list[dt.datetime]
+    customer_rows: int
+    product_rows: int
+    customer_path: Path
+    product_path: Path
+    first_order: dt.datetime
+    last_order: dt.datetime
+
+
+def to_utc(day: dt.date | dt.datetime) -> dt.datetime:
+    """Dates mean midnight UTC; the shop's naive local times are stored as UTC throughout."""
+    if isinstance(day, dt.datetime):
+        return day if day.tzinfo else day.replace(tzinfo=dt.timezone.utc)
+    return dt.datetime(day.year, day.month, day.day, tzinfo=dt.timezone.utc)
+
+
+def snapshot_grid(first_order: dt.datetime, as_of: dt.datetime, every_days: int) -> list[dt.datetime]:
+    """Snapshots every ``every_days`` days ending exactly at ``as_of``, none before the first order."""
+    if every_days < 1:
+        raise ValueError(f"snapshot interval must be at least 1 day, got {every_days}")
+    out = []
+    t = as_of
+    while t > first_order:
+        out.append(t)
+        t -= dt.timedelta(days=every_days)
+    return sorted(out)
+
+
+def _connect(memory_limit: str | None = None) -> duckdb.DuckDBPyConnection:
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    con.execute("SET preserve_insertion_order = false")  # lets large aggregations stream
+    if memory_limit:
+        con.execute(f"SET memory_limit = '{memory_limit}'")
+    return con
+
+
+def _lines_view(con: duckdb.DuckDBPyConnection, parts: Sequence[Path]) -> None:
+    files = ", ".join("'" + str(p).replace("'", "''") + "'" for p in parts)
+    con.execute(f"CREATE OR REPLACE VIEW lines AS SELECT * FROM read_parquet([{files}])")
+
+
+CUSTOMER_SQL = """
+WITH
+-- one row per customer order (invoice); only real purchases count as orders
+orders AS (
+    SELECT customer_id, invoice_no,
+           min(invoice_ts) AS ts,
+           sum(amount) AS spend,
+           sum(quantity) AS items,
+           count(*) AS n_lines,
+           arg_max(country, invoice_ts) AS country
+    FROM lines
+    WHERE line_class = 'sale' AND invoice_ts < $as_of
+    GROUP BY customer_id, invoice_no
+),
+orders_gap AS (
+    SELECT *, epoch(ts - lag(ts) OVER (PARTITION BY customer_id ORDER BY ts)) / 86400.0 AS gap_days
+    FROM orders
+),
+returns AS (
+    SELECT customer_id, invoice_ts AS ts, -amount AS value
+    FROM lines
+    WHERE line_class = 'return' AND invoice_ts < $as_of
+),
+snap AS (SELECT unnest($snapshots::TIMESTAMPTZ[]) AS t),
+agg AS (
+    SELECT o.customer_id, s.t,
+           count(*) AS frequency,
+           sum(o.spend) AS monetary_total,
+           max(o.ts) AS last_ts,
+           min(o.ts) AS first_ts,
+           stddev_samp(o.gap_days) AS std_interorder_days,
+           avg(o.items) AS avg_basket_items,
+           avg(o.n_lines) AS avg_basket_lines,
+           count(*) FILTER (WHERE o.ts >= s.t - INTERVAL 30 DAY) AS orders_30d,
+           count(*) FILTER (WHERE o.ts >= s.t - INTERVAL 90 DAY) AS orders_90d,
+           count(*) FILTER (WHERE o.ts >= s.t - INTERVAL 180 DAY AND o.ts < s.t - INTERVAL 90 DAY) AS orders_prev_90d,
+           coalesce(sum(o.spend) FILTER (WHERE o.ts >= s.t - INTERVAL 90 DAY), 0) AS spend_90d,
+           coalesce(sum(o.spend) FILTER (WHERE o.ts >= s.t - INTERVAL 365 DAY), 0) AS spend_365d,
+           arg_max(o.country, o.ts) AS country
+    FROM orders_gap o JOIN snap s ON o.ts < s.t
+    GROUP BY o.customer_id, s.t
+),
+ret AS (
+    SELECT r.customer_id, s.t, sum(r.value) AS returned_value
+    FROM returns r JOIN snap s ON r.ts < s.t
+    GROUP BY r.customer_id, s.t
+),
+-- distinct products: count each (customer, product) once, at the snapshot after its first purchase
+first_buys AS (
+    SELECT customer_id, item_id, min(invoice_ts) AS first_ts
+    FROM lines
+    WHERE line_class = 'sale' AND invoice_ts < $as_of
+    GROUP BY customer_id, item_id
+),
+distinct_products AS (
+    SELECT f.customer_id, s.t, count(*) AS distinct_products
+    FROM first_buys f JOIN snap s ON f.first_ts < s.t
+    GROUP BY f.customer_id, s.t
+)
+SELECT
+    a.customer_id::BIGINT AS customer_id,
+    a.t AS event_timestamp,
+    epoch(a.t - a.last_ts) / 86400.0 AS recency_days,
+    a.frequency::BIGINT AS frequency,
+    a.monetary_total::DOUBLE AS monetary_total,
+    (a.monetary_total / a.frequency)::DOUBLE AS avg_order_value,
+    epoch(a.t - a.first_ts) / 86400.0 AS tenure_days,
+    CASE WHEN a.frequency > 1 THEN epoch(a.last_ts - a.first_ts) / 86400.0 / (a.frequency - 1) END AS mean_interorder_days,
+    a.std_interorder_days::DOUBLE AS std_interorder_days,
+    a.orders_30d::BIGINT AS orders_30d,
+    a.orders_90d::BIGINT AS orders_90d,
+    a.orders_prev_90d::BIGINT AS orders_prev_90d,
+    -- -1 (fading) .. +1 (accelerating); 0 when there was no activity in either window
+    CASE WHEN a.orders_90d + a.orders_prev_90d = 0 THEN 0.0
+         ELSE (a.orders_90d - a.orders_prev_90d) / (a.orders_90d + a.orders_prev_90d) END::DOUBLE AS activity_trend,
+    a.spend_90d::DOUBLE AS spend_90d,
+    a.spend_365d::DOUBLE AS spend_365d,
+    a.avg_basket_items::DOUBLE AS avg_basket_items,
+    a.avg_basket_lines::DOUBLE AS avg_basket_lines,
+    coalesce(d.distinct_products, 0)::BIGINT AS distinct_products,
+    (coalesce(r.returned_value, 0) / nullif(a.monetary_total, 0))::DOUBLE AS return_rate,
+    coalesce(a.country, '') AS country,
+    now() AS created_at
+FROM agg a
+LEFT JOIN ret r USING (customer_id, t)
+LEFT JOIN distinct_products d USING (customer_id, t)
+ORDER BY customer_id, event_timestamp
+"""
+
+PRODUCT_SQL = """
+WITH
+-- guests' purchases count for popularity; only known customers count as distinct buyers
+sold AS (
+    SELECT item_id, customer_id, invoice_ts AS ts, date_trunc('day', invoice_ts) AS d, quantity, amount, description
+    FROM lines
+    WHERE line_class IN ('sale', 'guest') AND quantity > 0 AND invoice_ts < $as_of
+),
+item_day AS (
+    SELECT item_id, d, sum(quantity) AS units, count(*) AS n_lines, sum(amount) AS revenue, max(ts) AS last_ts
+    FROM sold GROUP BY item_id, d
+),
+snap AS (SELECT unnest($snapshots::TIMESTAMPTZ[]) AS t),
+-- a day counts for snapshot t only once it is over (d + 1 day <= t): no partial day leaks in
+agg AS (
+    SELECT i.item_id, s.t,
+           max(i.last_ts) AS last_ts,
+           sum(i.units) FILTER (WHERE i.d >= s.t - INTERVAL 7 DAY) AS units_7d,
+           sum(i.units) FILTER (WHERE i.d >= s.t - INTERVAL 30 DAY) AS units_30d,
+           sum(i.units) FILTER (WHERE i.d >= s.t - INTERVAL 90 DAY) AS units_90d,
+           sum(i.n_lines) FILTER (WHERE i.d >= s.t - INTERVAL 7 DAY) AS lines_7d,
+           sum(i.n_lines) FILTER (WHERE i.d >= s.t - INTERVAL 30 DAY) AS lines_30d,
+           sum(i.n_lines) FILTER (WHERE i.d >= s.t - INTERVAL 90 DAY) AS lines_90d,
+           sum(i.n_lines) FILTER (WHERE i.d >= s.t - INTERVAL 60 DAY AND i.d < s.t - INTERVAL 30 DAY) AS lines_prev_30d,
+           sum(i.revenue) FILTER (WHERE i.d >= s.t - INTERVAL 30 DAY) AS revenue_30d,
+           sum(i.revenue) FILTER (WHERE i.d >= s.t - INTERVAL 90 DAY) AS revenue_90d,
+           sum(i.units) AS units_total,
+           sum(i.revenue) AS revenue_total
+    FROM item_day i JOIN snap s ON i.d + INTERVAL 1 DAY <= s.t
+    GROUP BY i.item_id, s.t
+),
+buyers AS (
+    SELECT b.item_id, s.t,
+           count(DISTINCT b.customer_id) FILTER (WHERE b.d >= s.t - INTERVAL 7 DAY) AS buyers_7d,
+           count(DISTINCT b.customer_id) FILTER (WHERE b.d >= s.t - INTERVAL 30 DAY) AS buyers_30d,
+           count(DISTINCT b.customer_id) AS buyers_90d
+    FROM (SELECT DISTINCT item_id, customer_id, d FROM sold WHERE customer_id IS NOT NULL) b
+    JOIN snap s ON b.d + INTERVAL 1 DAY <= s.t AND b.d >= s.t - INTERVAL 90 DAY
+    GROUP BY b.item_id, s.t
+),
+names AS (
+    -- descriptions vary for one code: keep the most frequent, ties broken by the latest use
+    SELECT item_id, arg_max(description, n * 1e12 + epoch(last_ts)) AS description
+    FROM (SELECT item_id, description, count(*) AS n, max(ts) AS last_ts FROM sold
+          WHERE description IS NOT NULL AND description <> '' GROUP BY item_id, description)
+    GROUP BY item_id
+)
+SELECT
+    a.item_id AS item_id,
+    a.t AS event_timestamp,
+    coalesce(a.units_7d, 0)::BIGINT AS units_7d,
+    coalesce(a.units_30d, 0)::BIGINT AS units_30d,
+    coalesce(a.units_90d, 0)::BIGINT AS units_90d,
+    coalesce(a.lines_7d, 0)::BIGINT AS lines_7d,
+    coalesce(a.lines_30d, 0)::BIGINT AS lines_30d,
+    coalesce(a.lines_90d, 0)::BIGINT AS lines_90d,
+    coalesce(b.buyers_7d, 0)::BIGINT AS buyers_7d,
+    coalesce(b.buyers_30d, 0)::BIGINT AS buyers_30d,
+    coalesce(b.buyers_90d, 0)::BIGINT AS buyers_90d,
+    coalesce(a.revenue_30d, 0)::DOUBLE AS revenue_30d,
+    -- -1 (falling) .. +1 (rising): order lines of the last 30 days against the 30 days before
+    CASE WHEN coalesce(a.lines_30d, 0) + coalesce(a.lines_prev_30d, 0) = 0 THEN 0.0
+         ELSE (coalesce(a.lines_30d, 0) - coalesce(a.lines_prev_30d, 0))
+              / (coalesce(a.lines_30d, 0) + coalesce(a.lines_prev_30d, 0)) END::DOUBLE AS trend_30d,
+    -- quantity-weighted price; over all history when the product did not sell in 90 days
+    coalesce(a.revenue_90d / nullif(a.units_90d, 0), a.revenue_total / nullif(a.units_total, 0))::DOUBLE AS avg_price,
+    epoch(a.t - a.last_ts) / 86400.0 AS days_since_last_sale,
+    coalesce(n.description, '') AS description,
+    now() AS created_at
+FROM agg a
+LEFT JOIN buyers b USING (item_id, t)
+LEFT JOIN names n USING (item_id)
+ORDER BY item_id, event_timestamp
+"""
+
+
+def build_features(
+    data_dir: Path,
+    out_dir: Path,
+    as_of: dt.date | dt.datetime,
+    *,
+    every_days: int = 7,
+    snapshots: Sequence[dt.datetime] | None = None,
+    memory_limit: str | None = None,
+) -> FeatureBuild:
+    """Compute both feature tables for every snapshot up to ``as_of`` and replace them atomically."""
+    as_of_ts = to_utc(as_of)
+    parts = OrderStore(data_dir).committed_parts("order_lines")
+    if not parts:
+        raise NoDataError(f"no order lines under {data_dir}: run `patron ingest --source ...` first")
+    con = _connect(memory_limit)
+    _lines_view(con, parts)
+    first, last = con.execute(
+        "SELECT min(invoice_ts), max(invoice_ts) FROM lines WHERE line_class = 'sale' AND invoice_ts < $as_of",
+        {"as_of": as_of_ts},
+    ).fetchone()
+    if first is None:
+        raise NoDataError(f"no sales before {as_of_ts.date()} in the ingested order lines")
+    grid = sorted(to_utc(s) for s in snapshots) if snapshots else snapshot_grid(first, as_of_ts, every_days)
+    if any(s > as_of_ts for s in grid):
+        raise ValueError(f"snapshots must not be after as-of {as_of_ts.isoformat()}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    params = {"as_of": as_of_ts, "snapshots": grid}
+    counts = {}
+    for name, sql in ((CUSTOMER_FEATURES_FILE, CUSTOMER_SQL), (PRODUCT_FEATURES_FILE, PRODUCT_SQL)):
+        dest = out_dir / name
+        tmp = out_dir / f".{name}.tmp"
+        con.execute(f"COPY ({sql}) TO '{tmp}' (FORMAT parquet, COMPRESSION zstd)", params)
+        os.replace(tmp, dest)  # readers see the old table or the new one, never half of one
+        counts[name] = con.execute(f"SELECT count(*) FROM read_parquet('{dest}')").fetchone()[0]
+        log.info("wrote %s rows to %s", counts[name], dest)
+    return FeatureBuild(
+        as_of=as_of_ts,
+        snapshots=grid,
+        customer_rows=counts[CUSTOMER_FEATURES_FILE],
+        product_rows=counts[PRODUCT_FEATURES_FILE],
+        customer_path=out_dir / CUSTOMER_FEATURES_FILE,
+        product_path=out_dir / PRODUCT_FEATURES_FILE,
+        first_order=first,
+        last_order=last,
+    )

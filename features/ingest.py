@@ -1,0 +1,773 @@
+"""Ingestion of raw order exports into canonical, day-partitioned order lines.
+
+Every input row ends up in exactly one class:
+
+- ``sale``: a product line of a known customer;
+- ``return``: a cancellation or return of a known customer (``C`` invoice or negative quantity);
+- ``guest``: a valid product line (sale or return) without a customer id;
+- ``non_product``: postage, fees, manual adjustments, discounts, samples, gift vouchers;
+- ``invalid``: anything that cannot be trusted (unparsable or implausible values); quarantined.
+
+The first four are stored as canonical order lines (Parquet, one folder per day); invalid rows go
+to the quarantine with the reason. Each file is committed atomically: its parts are written to a
+staging folder, moved into place, and only then recorded in the ledger. Readers see committed
+parts only (``committed_parts``), and a crashed run's leftovers are removed by the next one, so a
+file that dies half-way leaves the store as it was.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import fcntl
+import gzip
+import hashlib
+import io
+import json
+import logging
+import os
+import re
+import shutil
+import sqlite3
+import zlib
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+log = logging.getLogger(__name__)
+
+RAW_COLUMNS: tuple[str, ...] = (
+    "InvoiceNo",
+    "StockCode",
+    "Description",
+    "Quantity",
+    "InvoiceDate",
+    "UnitPrice",
+    "CustomerID",
+    "Country",
+)
+CLASSES: tuple[str, ...] = ("sale", "return", "guest", "non_product", "invalid")
+SUFFIXES: tuple[str, ...] = (".csv", ".csv.gz", ".parquet")
+
+# Service lines that appear in order exports but are not products a shopper chose.
+NON_PRODUCT_CODES: frozenset[str] = frozenset(
+    {
+        "POST",  # postage
+        "DOT",  # dotcom postage
+        "C2",  # carriage
+        "M",  # manual entry
+        "D",  # discount
+        "S",  # samples
+        "B",  # bad-debt adjustment
+        "CRUK",  # charity commission
+        "PADS",  # zero-value filler line
+        "BANK CHARGES",
+        "AMAZONFEE",
+        "ADJUST",
+        "ADJUST2",
+    }
+)
+NON_PRODUCT_PREFIXES: tuple[str, ...] = ("GIFT_",)  # gift vouchers
+
+# Spreadsheet formula injection: a text cell starting like this would run in the CRM's spreadsheet.
+_FORMULA_RE = re.compile(r"^[=+@\t\r]|^-[^0-9.\s]")
+_DATE_FORMATS: tuple[str, ...] = (
+    "%Y-%m-%d %H:%M:%S",
+    "%Y-%m-%d %H:%M",
+    "%Y-%m-%dT%H:%M:%S",
+    "%m/%d/%Y %H:%M",
+)
+_EARLIEST = pd.Timestamp("1990-01-01")
+_DELIMITERS = (",", ";", "\t", "|")
+
+CANONICAL_SCHEMA = pa.schema(
+    [
+        ("line_id", pa.int64()),
+        ("invoice_no", pa.string()),
+        ("item_id", pa.string()),
+        ("description", pa.string()),
+        ("quantity", pa.int64()),
+        ("unit_price", pa.float64()),
+        ("amount", pa.float64()),
+        ("invoice_ts", pa.timestamp("us", tz="UTC")),
+        ("customer_id", pa.int64()),
+        ("country", pa.string()),
+        ("line_class", pa.string()),
+        ("source_file", pa.string()),
+        ("source_line", pa.int64()),
+    ]
+)
+QUARANTINE_SCHEMA = pa.schema(
+    [(c, pa.string()) for c in RAW_COLUMNS]
+    + [
+        ("raw_line", pa.string()),
+        ("reason", pa.string()),
+        ("source_file", pa.string()),
+        ("source_line", pa.int64()),
+        ("ingested_at", pa.timestamp("us", tz="UTC")),
+    ]
+)
+
+
+class IngestError(Exception):
+    """A file cannot be ingested at all; nothing of it was stored."""
+
+
+class SchemaError(IngestError):
+    """Columns are missing, unexpected or duplicated."""
+
+
+class UnreadableFileError(IngestError):
+    """The file is truncated, corrupt or of an unknown format."""
+
+
+@dataclass
+class FileReport:
+    path: str
+    sha256: str
+    status: str  # ingested | already_ingested
+    rows_in: int
+    rows_written: int
+    quarantined: int
+    classes: dict[str, int]
+    encoding: str = "utf-8"
+    delimiter: str = ","
+
+
+@dataclass
+class IngestReport:
+    rows_in: int = 0
+    rows_written: int = 0
+    classes: dict[str, int] = field(default_factory=lambda: {c: 0 for c in CLASSES})
+    quarantined: int = 0
+    files: list[FileReport] = field(default_factory=list)
+
+    def add(self, fr: FileReport) -> None:
+        self.files.append(fr)
+        self.rows_in += fr.rows_in
+        self.rows_written += fr.rows_written
+        self.quarantined += fr.quarantined
+        for k, v in fr.classes.items():
+            self.classes[k] = self.classes.get(k, 0) + v
+
+    def to_dict(self) -> dict:
+        return {
+            "rows_in": self.rows_in,
+            "rows_written": self.rows_written,
+            "classes": dict(self.classes),
+            "quarantined": self.quarantined,
+            "files_ingested": sum(f.status == "ingested" for f in self.files),
+            "files_already_ingested": sum(f.status == "already_ingested" for f in self.files),
+            "files": [asdict(f) for f in self.files],
+        }
+
+
+# --------------------------------------------------------------------------- reading raw files
+
+
+@dataclass
+class RawFrame:
+    """All rows of one file as text, plus rows that could not be split into the eight columns."""
+
+    frame: pd.DataFrame  # RAW_COLUMNS as str + source_file + source_line
+    broken: pd.DataFrame  # source_file, source_line, raw_line, reason
+    encoding: str
+    delimiter: str
+
+    @property
+    def rows(self) -> int:
+        return len(self.frame) + len(self.broken)
+
+    @staticmethod
+    def concat(frames: Sequence["RawFrame"]) -> "RawFrame":
+        """Several files classified in one pass: per-call overhead dominates for daily files."""
+        return RawFrame(
+            pd.concat([f.frame for f in frames], ignore_index=True),
+            pd.concat([f.broken for f in frames], ignore_index=True),
+            "mixed",
+            "mixed",
+        )
+
+
+def _broken_frame(source_file: str, broken: list[tuple[int, str, str]]) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "source_file": pd.Series([source_file] * len(broken), dtype=object),
+            "source_line": np.asarray([b[0] for b in broken], dtype=np.int64),
+            "raw_line": pd.Series([b[1] for b in broken], dtype=object),
+            "reason": pd.Series([b[2] for b in broken], dtype=object),
+        }
+    )
+
+
+def find_files(sources: Sequence[Path]) -> list[Path]:
+    """Expand folders into their ingestible files, sorted so that days are ingested in order."""
+    out: list[Path] = []
+    for src in sources:
+        src = Path(src)
+        if src.is_dir():
+            found = sorted(p for p in src.rglob("*") if p.is_file() and p.name.endswith(SUFFIXES))
+            if not found:
+                raise IngestError(f"{src}: expected .csv, .csv.gz or .parquet files in this folder, found none")
+            out.extend(found)
+        elif src.is_file():
+            if not src.name.endswith(SUFFIXES):
+                raise IngestError(f"{src}: expected a .csv, .csv.gz or .parquet file, got {src.suffix or 'no suffix'!r}")
+            out.append(src)
+        else:
+            raise IngestError(f"{src}: no such file or folder")
+    seen: set[Path] = set()
+    return [p for p in out if not (p.resolve() in seen or seen.add(p.resolve()))]
+
+
+def _read_bytes(path: Path) -> bytes:
+    data = path.read_bytes()
+    if path.name.endswith(".gz"):
+        try:
+            return gzip.decompress(data)
+        except (EOFError, OSError, zlib.error) as exc:
+            raise UnreadableFileError(f"{path}: compressed stream is truncated or corrupt ({exc}); nothing from it was stored") from exc
+    return data
+
+
+def _decode(data: bytes) -> tuple[str, str]:
+    """Exports come from spreadsheets and shop systems: UTF-8 (maybe with a BOM) or Windows-1252."""
+    for enc in ("utf-8-sig", "cp1252"):
+        try:
+            text = data.decode(enc)
+            return text, ("utf-8" if enc == "utf-8-sig" else enc)
+        except UnicodeDecodeError:
+            continue
+    return data.decode("latin-1"), "latin-1"  # every byte sequence decodes; odd characters stay visible
+
+
+def _check_header(header: Sequence[str], path: Path) -> None:
+    names = [h.strip() for h in header]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    missing = [c for c in RAW_COLUMNS if c not in names]
+    unexpected = [n for n in names if n not in RAW_COLUMNS]
+    problems = []
+    if missing:
+        problems.append(f"missing column(s) {', '.join(missing)}")
+    if unexpected:
+        problems.append(f"unexpected column(s) {', '.join(repr(u) for u in unexpected)}")
+    if dupes:
+        problems.append(f"duplicated column(s) {', '.join(dupes)}")
+    if problems:
+        raise SchemaError(
+            f"{path}: {'; '.join(problems)}. Expected exactly: {', '.join(RAW_COLUMNS)}; nothing from it was stored"
+        )
+
+
+def read_header(path: Path) -> list[str]:
+    """The column names of a file, read cheaply so that a whole run can be checked before writing."""
+    if path.name.endswith(".parquet"):
+        try:
+            return list(pq.read_schema(path).names)
+        except Exception as exc:  # pyarrow raises several types for a damaged footer
+            raise UnreadableFileError(f"{path}: not a readable Parquet file ({exc}); nothing from it was stored") from exc
+    opener: Callable[..., io.BufferedIOBase] = gzip.open if path.name.endswith(".gz") else open  # type: ignore[assignment]
+    try:
+        with opener(path, "rb") as fh:
+            first = fh.readline(1 << 20)
+    except (EOFError, OSError, zlib.error) as exc:
+        raise UnreadableFileError(f"{path}: cannot read ({exc}); nothing from it was stored") from exc
+    text, _ = _decode(first)
+    line = text.rstrip("\r\n")
+    delim = max(_DELIMITERS, key=line.count)
+    return next(csv.reader([line], delimiter=delim))
+
+
+def validate_header(path: Path) -> None:
+    _check_header(read_header(path), path)
+
+
+def read_raw(path: Path) -> RawFrame:
+    if path.name.endswith(".parquet"):
+        return _read_parquet(path)
+    return _read_csv(path)
+
+
+def _read_parquet(path: Path) -> RawFrame:
+    try:
+        table = pq.read_table(path)
+    except Exception as exc:
+        raise UnreadableFileError(f"{path}: not a readable Parquet file ({exc}); nothing from it was stored") from exc
+    _check_header(table.column_names, path)
+    df = pd.DataFrame(
+        {c: table.column(c).cast(pa.string()).to_pandas().fillna("").astype(str) for c in RAW_COLUMNS}
+    )
+    df["source_file"] = path.name
+    df["source_line"] = np.arange(1, len(df) + 1, dtype=np.int64)
+    return RawFrame(df, _broken_frame(path.name, []), "parquet", "")
+
+
+def _read_csv(path: Path) -> RawFrame:
+    text, encoding = _decode(_read_bytes(path))
+    if not text.strip():
+        raise SchemaError(f"{path}: empty file; expected a header line with {', '.join(RAW_COLUMNS)}")
+    first_line = text.split("\n", 1)[0].rstrip("\r")
+    delimiter = max(_DELIMITERS, key=first_line.count)
+    truncated_tail = not text.endswith(("\n", "\r"))
+    n = len(RAW_COLUMNS)
+    rows: list[list[str]] = []
+    lines: list[int] = []
+    broken: list[tuple[int, str, str]] = []
+    # A single absurdly long field must not stop the file: cap what one field may hold and
+    # quarantine the row that exceeds it.
+    csv.field_size_limit(1 << 20)
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=False)
+    header: list[str] | None = None
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as exc:
+            broken.append((reader.line_num, "", f"unreadable CSV row: {exc}"))
+            continue
+        if header is None:
+            header = row
+            _check_header(header, path)
+            order = [[h.strip() for h in header].index(c) for c in RAW_COLUMNS]
+            continue
+        if not row or (len(row) == 1 and not row[0].strip()):
+            continue  # blank line, not a row
+        if len(row) != n:
+            broken.append(
+                (reader.line_num, delimiter.join(row)[:10_000], f"expected {n} fields separated by {delimiter!r}, got {len(row)}")
+            )
+            continue
+        rows.append([row[i] for i in order])
+        lines.append(reader.line_num)
+    if truncated_tail and broken and broken[-1][0] == reader.line_num:
+        # The last line has no line end and the wrong number of fields: the file was cut off.
+        raise UnreadableFileError(
+            f"{path}: looks truncated (line {reader.line_num} is incomplete and has no line end); nothing from it was stored"
+        )
+    if header is None:
+        raise SchemaError(f"{path}: no header line; expected {', '.join(RAW_COLUMNS)}")
+    df = pd.DataFrame(rows, columns=list(RAW_COLUMNS), dtype=object) if rows else pd.DataFrame(columns=list(RAW_COLUMNS), dtype=object)
+    df["source_file"] = path.name
+    df["source_line"] = np.asarray(lines, dtype=np.int64)
+    return RawFrame(df, _broken_frame(path.name, broken), encoding, delimiter)
+
+
+# --------------------------------------------------------------------------- classification
+
+
+@dataclass
+class Classified:
+    canonical: pd.DataFrame  # CANONICAL_SCHEMA columns
+    quarantine: pd.DataFrame  # QUARANTINE_SCHEMA columns
+    classes: dict[str, dict[str, int]]  # per source file
+
+
+def _parse_timestamps(s: pd.Series) -> pd.Series:
+    out = pd.Series(pd.NaT, index=s.index, dtype="datetime64[ns]")
+    todo = s.str.len() > 0
+    for fmt in _DATE_FORMATS:
+        if not todo.any():
+            break
+        parsed = pd.to_datetime(s[todo], format=fmt, errors="coerce")
+        ok = parsed.notna()
+        out.loc[ok[ok].index] = parsed[ok]
+        todo.loc[ok[ok].index] = False
+    return out
+
+
+def classify(raw: RawFrame, *, max_abs_quantity: int, now: pd.Timestamp | None = None) -> Classified:
+    """Normalise types and give every row exactly one class (see the module docstring)."""
+    df = raw.frame
+    now = now or pd.Timestamp.now(tz="UTC").tz_localize(None)
+    latest = now + pd.Timedelta(days=1)
+    n = len(df)
+    # Arrow-backed strings: the vectorised string checks below are several times faster on them.
+    s = {c: df[c].astype("string[pyarrow]").str.strip() for c in RAW_COLUMNS}
+    invoice = s["InvoiceNo"].str.upper()
+    stock = s["StockCode"].str.upper()
+    desc = s["Description"].str.replace(r"\s+", " ", regex=True)
+    country = s["Country"]
+    qty_f = pd.to_numeric(s["Quantity"].astype(object), errors="coerce").astype(np.float64)
+    price = pd.to_numeric(s["UnitPrice"].astype(object), errors="coerce").astype(np.float64)
+    cust_f = pd.to_numeric(s["CustomerID"].astype(object), errors="coerce").astype(np.float64)
+    ts = _parse_timestamps(s["InvoiceDate"].astype(object))
+
+    reason = pd.Series("", index=df.index, dtype=object)
+
+    def flag(mask: pd.Series, text: Callable[[pd.Series], pd.Series] | str) -> None:
+        """Give rows in ``mask`` that have no reason yet this one (the first failing rule wins)."""
+        m = (mask.fillna(False).astype(bool) & (reason == "")).to_numpy()
+        if m.any():
+            reason.loc[m] = text if isinstance(text, str) else text(m).to_numpy()
+
+    def quoted(col: str) -> Callable[[np.ndarray], pd.Series]:
+        return lambda m: f"{col} " + s[col][m].astype(object).str.slice(0, 40).map(repr)
+
+    flag(invoice.eq("INVOICENO") & stock.eq("STOCKCODE"), "repeated header line")
+    for col in ("InvoiceNo", "StockCode", "Description", "Country", "CustomerID"):
+        flag(s[col].str.contains(_FORMULA_RE.pattern, regex=True), f"{col} looks like a spreadsheet formula")
+    flag(invoice.eq(""), "InvoiceNo is empty")
+    flag(stock.eq(""), "StockCode is empty")
+    flag(qty_f.isna(), lambda m: quoted("Quantity")(m) + " is not a number")
+    flag(~np.isfinite(qty_f.fillna(0)) | (qty_f.fillna(0) % 1 != 0), lambda m: quoted("Quantity")(m) + " is not a whole number")
+    flag(price.isna() | ~np.isfinite(price.fillna(0)), lambda m: quoted("UnitPrice")(m) + " is not a number")
+    # Years pandas cannot hold (9999) are implausible dates, not unreadable ones: say which.
+    year = pd.to_numeric(s["InvoiceDate"].str.extract(r"^(\d{4})-", expand=False).astype(object), errors="coerce")
+    flag(ts.isna() & ((year < _EARLIEST.year) | (year > latest.year)), lambda m: quoted("InvoiceDate")(m) + " is outside the plausible range")
+    flag(ts.isna(), lambda m: quoted("InvoiceDate")(m) + " is not a timestamp (expected YYYY-MM-DD HH:MM:SS)")
+    flag(ts.notna() & ((ts < _EARLIEST) | (ts > latest)), lambda m: quoted("InvoiceDate")(m) + " is outside the plausible range")
+    has_cust_text = s["CustomerID"].ne("").fillna(False).astype(bool)
+    bad_cust = has_cust_text & (cust_f.isna() | (cust_f.fillna(1) % 1 != 0) | (cust_f.fillna(1) <= 0) | (cust_f.fillna(1) > 2**53))
+    flag(bad_cust, lambda m: quoted("CustomerID")(m) + " is not a positive whole number")
+
+    is_non_product = (stock.isin(NON_PRODUCT_CODES) | stock.str.startswith(NON_PRODUCT_PREFIXES)).fillna(False).astype(bool)
+    qty = qty_f.fillna(0)
+    is_cancel_invoice = invoice.str.startswith("C").fillna(False).astype(bool)
+    # Checked only for product lines: fees and adjustments legitimately carry odd prices.
+    product_ok = reason.eq("") & ~is_non_product
+    flag(product_ok & qty.eq(0), "Quantity is 0")
+    flag(product_ok & (price.fillna(0) <= 0), lambda m: quoted("UnitPrice")(m) + " is not positive for a product line")
+    flag(
+        product_ok & (qty.abs() >= max_abs_quantity),
+        lambda m: quoted("Quantity")(m) + f" is implausible (|quantity| >= {max_abs_quantity})",
+    )
+    flag(product_ok & is_cancel_invoice & (qty > 0), "cancellation invoice with a positive quantity")
+
+    invalid = reason.ne("")
+    cls = pd.Series("sale", index=df.index, dtype=object)
+    cls[~invalid & (is_cancel_invoice | (qty < 0))] = "return"
+    cls[~invalid & ~has_cust_text] = "guest"
+    cls[~invalid & is_non_product] = "non_product"
+    cls[invalid] = "invalid"
+
+    # Identical rows can legitimately repeat within an invoice; the occurrence number keeps them
+    # apart while still recognising the same line in a later re-export of the same orders.
+    norm = pd.DataFrame({"f": df["source_file"], "i": invoice, "s": stock, "q": s["Quantity"], "d": s["InvoiceDate"], "p": s["UnitPrice"], "c": s["CustomerID"]}).astype(object)
+    row_hash = pd.util.hash_pandas_object(norm.drop(columns="f"), index=False).to_numpy()
+    occurrence = norm.groupby(list(norm.columns), sort=False).cumcount().to_numpy().astype(np.uint64)
+    line_id = (row_hash ^ (occurrence * np.uint64(0x9E3779B97F4A7C15))).view(np.int64)
+
+    keep = ~invalid
+    canon = pd.DataFrame(
+        {
+            "line_id": line_id[keep.to_numpy()],
+            "invoice_no": invoice[keep].astype(object).to_numpy(),
+            "item_id": stock[keep].astype(object).to_numpy(),
+            "description": desc[keep].astype(object).to_numpy(),
+            "quantity": qty[keep].astype(np.int64).to_numpy(),
+            "unit_price": price[keep].astype(np.float64).to_numpy(),
+            "invoice_ts": ts[keep].dt.tz_localize("UTC").to_numpy(),
+            "customer_id": pd.array(cust_f[keep].where(has_cust_text[keep]).to_numpy(), dtype="Int64"),
+            "country": country[keep].astype(object).to_numpy(),
+            "line_class": cls[keep].to_numpy(),
+            "source_file": df["source_file"][keep].to_numpy(),
+            "source_line": df["source_line"][keep].to_numpy(),
+        }
+    )
+    canon["invoice_ts"] = pd.to_datetime(canon["invoice_ts"], utc=True)
+    canon["amount"] = canon["quantity"] * canon["unit_price"]
+
+    ingested_at = pd.Timestamp.now(tz="UTC")
+    q = pd.DataFrame({c: df[c][invalid].astype(str).to_numpy() for c in RAW_COLUMNS})
+    q["raw_line"] = None
+    q["reason"] = reason[invalid].to_numpy()
+    q["source_file"] = df["source_file"][invalid].to_numpy()
+    q["source_line"] = df["source_line"][invalid].to_numpy()
+    if len(raw.broken):
+        b = raw.broken.copy()
+        for c in RAW_COLUMNS:
+            b[c] = None
+        q = pd.concat([q, b[q.columns]], ignore_index=True)
+    q["ingested_at"] = ingested_at
+
+    counts = pd.crosstab(df["source_file"], cls) if n else pd.DataFrame()
+    files = set(df["source_file"]) | set(raw.broken["source_file"])
+    classes = {
+        f: {c: int(counts.at[f, c]) if (f in counts.index and c in counts.columns) else 0 for c in CLASSES} for f in files
+    }
+    for f, k in raw.broken["source_file"].value_counts().items():
+        classes[f]["invalid"] += int(k)
+    if sum(sum(v.values()) for v in classes.values()) != n + len(raw.broken):
+        raise AssertionError("classification lost rows")  # an invariant, never an input problem
+    return Classified(canon, q, classes)
+
+
+# --------------------------------------------------------------------------- the store
+
+
+_LEDGER_DDL = """
+create table if not exists files (
+    sha256 text primary key,
+    path text not null,
+    rows_in integer not null,
+    rows_written integer not null,
+    quarantined integer not null,
+    classes text not null,
+    encoding text not null,
+    delimiter text not null,
+    committed_at text not null
+);
+create table if not exists parts (
+    path text primary key,
+    sha256 text not null references files(sha256),
+    kind text not null,
+    day text,
+    rows integer not null
+);
+"""
+
+
+class OrderStore:
+    """Canonical order lines + quarantine + the ledger that says what is committed."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = Path(data_dir)
+        self.canonical = self.data_dir / "order_lines"
+        self.quarantine = self.data_dir / "quarantine"
+        self.staging = self.data_dir / "staging"
+        self.ledger_path = self.data_dir / "ingest.sqlite"
+
+    # -- ledger
+    def _connect(self) -> sqlite3.Connection:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        con = sqlite3.connect(self.ledger_path, timeout=60)
+        if not getattr(self, "_schema_ready", False):
+            con.executescript(_LEDGER_DDL)
+            self._schema_ready = True
+        return con
+
+    @contextmanager
+    def _lock(self) -> Iterator[None]:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.data_dir / ".ingest.lock", "w") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    def committed_parts(self, kind: str = "order_lines") -> list[Path]:
+        if not self.ledger_path.exists():
+            return []
+        with self._connect() as con:
+            rows = con.execute("select path from parts where kind = ? order by day, path", (kind,)).fetchall()
+        return [self.data_dir / r[0] for r in rows]
+
+    def file_record(self, sha256: str) -> dict | None:
+        with self._connect() as con:
+            row = con.execute(
+                "select path, rows_in, rows_written, quarantined, classes, encoding, delimiter from files where sha256 = ?",
+                (sha256,),
+            ).fetchone()
+        if row is None:
+            return None
+        keys = ("path", "rows_in", "rows_written", "quarantined", "classes", "encoding", "delimiter")
+        rec = dict(zip(keys, row))
+        rec["classes"] = json.loads(rec["classes"])
+        return rec
+
+    def recover(self) -> int:
+        """Remove what a crashed run left behind: staging folders and parts not in the ledger."""
+        removed = 0
+        if self.staging.exists():
+            shutil.rmtree(self.staging)
+        committed = {p.resolve() for p in self.committed_parts("order_lines") + self.committed_parts("quarantine")}
+        for folder in (self.canonical, self.quarantine):
+            if not folder.exists():
+                continue
+            for part in folder.rglob("*.parquet"):
+                if part.resolve() not in committed:
+                    part.unlink()
+                    removed += 1
+        if removed:
+            log.warning("removed %d uncommitted part(s) left by an interrupted ingest", removed)
+        return removed
+
+    def existing_line_ids(self, days: Iterable[str]) -> set[int]:
+        days = set(days)
+        with self._connect() as con:
+            rows = con.execute("select path, day from parts where kind = 'order_lines'").fetchall()
+        paths = [self.data_dir / p for p, d in rows if d in days]
+        ids: set[int] = set()
+        for p in paths:
+            ids.update(pq.read_table(p, columns=["line_id"]).column("line_id").to_pylist())
+        return ids
+
+    def commit_file(
+        self, sha256: str, source: Path, canon: pd.DataFrame, quarantine: pd.DataFrame, report: FileReport
+    ) -> None:
+        stage = self.staging / sha256
+        stage.mkdir(parents=True, exist_ok=True)
+        moves: list[tuple[Path, Path, str, str | None, int]] = []
+        tag = sha256[:16]
+        if len(canon):
+            for day, part in canon.groupby(_days(canon["invoice_ts"]), sort=True):
+                tmp = stage / f"day={day}.parquet"
+                table = pa.Table.from_pandas(part.reset_index(drop=True), schema=CANONICAL_SCHEMA, preserve_index=False)
+                pq.write_table(table, tmp, compression="zstd")
+                dest = self.canonical / f"day={day}" / f"part-{tag}.parquet"
+                moves.append((tmp, dest, "order_lines", str(day), len(part)))
+        if len(quarantine):
+            tmp = stage / "quarantine.parquet"
+            table = pa.Table.from_pandas(quarantine.reset_index(drop=True), schema=QUARANTINE_SCHEMA, preserve_index=False)
+            pq.write_table(table, tmp, compression="zstd")
+            moves.append((tmp, self.quarantine / f"part-{tag}.parquet", "quarantine", None, len(quarantine)))
+        for tmp, dest, *_ in moves:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(tmp, dest)
+        # The ledger row is the commit point: until it exists, readers ignore the moved parts and
+        # the next run's recover() deletes them.
+        with self._connect() as con:
+            con.execute(
+                "insert into files values (?,?,?,?,?,?,?,?,?)",
+                (
+                    sha256,
+                    str(source),
+                    report.rows_in,
+                    report.rows_written,
+                    report.quarantined,
+                    json.dumps(report.classes),
+                    report.encoding,
+                    report.delimiter,
+                    dt.datetime.now(dt.timezone.utc).isoformat(),
+                ),
+            )
+            con.executemany(
+                "insert or replace into parts values (?,?,?,?,?)",
+                [(str(dest.relative_to(self.data_dir)), sha256, kind, day, rows) for _, dest, kind, day, rows in moves],
+            )
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def _days(ts: pd.Series) -> np.ndarray:
+    """ISO day of each timestamp (numpy casting; strftime is far slower)."""
+    return ts.dt.tz_convert(None).to_numpy().astype("datetime64[D]").astype(str)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def ingest(
+    sources: Sequence[Path],
+    data_dir: Path,
+    *,
+    max_abs_quantity: int = 10_000,
+    batch_rows: int = 400_000,
+    progress: Callable[[int], None] | None = None,
+) -> IngestReport:
+    """Ingest files or folders of raw exports; see the module docstring for the guarantees.
+
+    Every file's header is checked before anything is written, so a run with a malformed file
+    changes nothing. A file that fails later (truncated, corrupt) is refused whole; files before
+    it stay committed, and the error says which file. Files are read and classified in batches
+    (one vectorised pass for many small daily files) but committed one by one.
+    """
+    files = find_files(sources)
+    for path in files:
+        validate_header(path)
+    store = OrderStore(data_dir)
+    report = IngestReport()
+    with store._lock():
+        store.recover()
+        pending: list[tuple[Path, str, RawFrame]] = []
+        pending_rows = 0
+        for path in files:
+            digest = _sha256(path)
+            record = store.file_record(digest)
+            if record is None and any(d == digest for _, d, _ in pending):
+                record = {}  # the same bytes twice in one run: the second copy is a re-ingest
+            if record is not None:
+                _flush(store, pending, report, max_abs_quantity, progress)
+                pending, pending_rows = [], 0
+                record = record or store.file_record(digest) or {}
+                report.add(
+                    FileReport(
+                        path=str(path),
+                        sha256=digest,
+                        status="already_ingested",
+                        rows_in=record.get("rows_in", 0),
+                        rows_written=0,
+                        quarantined=record.get("quarantined", 0),
+                        classes=record.get("classes", {c: 0 for c in CLASSES}),
+                        encoding=record.get("encoding", ""),
+                        delimiter=record.get("delimiter", ""),
+                    )
+                )
+                if progress:
+                    progress(1)
+                continue
+            raw = read_raw(path)
+            pending.append((path, digest, raw))
+            pending_rows += raw.rows
+            if pending_rows >= batch_rows:
+                _flush(store, pending, report, max_abs_quantity, progress)
+                pending, pending_rows = [], 0
+        _flush(store, pending, report, max_abs_quantity, progress)
+    return report
+
+
+def _flush(
+    store: OrderStore,
+    pending: list[tuple[Path, str, RawFrame]],
+    report: IngestReport,
+    max_abs_quantity: int,
+    progress: Callable[[int], None] | None,
+) -> None:
+    if not pending:
+        return
+    # Two files of one batch can share a name; classify under a unique key, report the real path.
+    keyed = []
+    for k, (path, digest, raw) in enumerate(pending):
+        key = f"{k}\x1f{path.name}"
+        frame = raw.frame.assign(source_file=key)
+        broken = raw.broken.assign(source_file=key)
+        keyed.append(RawFrame(frame, broken, raw.encoding, raw.delimiter))
+    result = classify(RawFrame.concat(keyed), max_abs_quantity=max_abs_quantity)
+    canon_by_file = dict(tuple(result.canonical.groupby("source_file", sort=False)))
+    quar_by_file = dict(tuple(result.quarantine.groupby("source_file", sort=False)))
+    empty_canon = result.canonical.iloc[0:0]
+    empty_quar = result.quarantine.iloc[0:0]
+    for k, (path, digest, raw) in enumerate(pending):
+        key = f"{k}\x1f{path.name}"
+        canon = canon_by_file.get(key, empty_canon).assign(source_file=path.name)
+        quarantine = quar_by_file.get(key, empty_quar).assign(source_file=path.name)
+        if len(canon):
+            # The same order lines can arrive again in a later, differently named export.
+            known = store.existing_line_ids(set(_days(canon["invoice_ts"])))
+            if known:
+                canon = canon[~canon["line_id"].isin(known)]
+        fr = FileReport(
+            path=str(path),
+            sha256=digest,
+            status="ingested",
+            rows_in=raw.rows,
+            rows_written=len(canon),
+            quarantined=len(quarantine),
+            classes=result.classes.get(key, {c: 0 for c in CLASSES}),
+            encoding=raw.encoding,
+            delimiter=raw.delimiter,
+        )
+        store.commit_file(digest, path, canon, quarantine, fr)
+        report.add(fr)
+        if progress:
+            progress(1)
+
+
+def read_quarantine(data_dir: Path) -> pd.DataFrame:
+    """Every rejected row with its reason, as committed."""
+    parts = OrderStore(data_dir).committed_parts("quarantine")
+    if not parts:
+        return QUARANTINE_SCHEMA.empty_table().to_pandas()
+    return pd.concat([pq.read_table(p).to_pandas() for p in parts], ignore_index=True)

@@ -1,0 +1,1 @@
+"""Declarative Feast repository: entities, sources, feature views and feature services."""

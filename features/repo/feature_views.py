@@ -1,0 +1,67 @@
+"""Feature views over the snapshot tables."""
+
+from datetime import timedelta
+
+from feast import FeatureView, Field
+from feast.types import Float64, Int64, String
+
+from features.repo.data_sources import customer_source, product_source
+from features.repo.entities import customer, product
+
+# Snapshots are weekly; a 35-day TTL tolerates a missed rebuild or two but never serves a
+# customer's features from a season ago as if they were current.
+SNAPSHOT_TTL = timedelta(days=35)
+
+customer_features = FeatureView(
+    name="customer_features",
+    entities=[customer],
+    ttl=SNAPSHOT_TTL,
+    schema=[
+        Field(name="recency_days", dtype=Float64, description="days since the last order"),
+        Field(name="frequency", dtype=Int64, description="number of orders"),
+        Field(name="monetary_total", dtype=Float64, description="total spend"),
+        Field(name="avg_order_value", dtype=Float64),
+        Field(name="tenure_days", dtype=Float64, description="days since the first order"),
+        Field(name="mean_interorder_days", dtype=Float64),
+        Field(name="std_interorder_days", dtype=Float64),
+        Field(name="orders_30d", dtype=Int64),
+        Field(name="orders_90d", dtype=Int64),
+        Field(name="orders_prev_90d", dtype=Int64, description="orders 90 to 180 days ago"),
+        Field(name="activity_trend", dtype=Float64, description="-1 fading .. +1 accelerating"),
+        Field(name="spend_90d", dtype=Float64),
+        Field(name="spend_365d", dtype=Float64),
+        Field(name="avg_basket_items", dtype=Float64),
+        Field(name="avg_basket_lines", dtype=Float64),
+        Field(name="distinct_products", dtype=Int64),
+        Field(name="return_rate", dtype=Float64, description="returned value / purchased value"),
+        Field(name="country", dtype=String),
+    ],
+    source=customer_source,
+    online=True,
+    tags={"owner": "patron"},
+)
+
+product_features = FeatureView(
+    name="product_features",
+    entities=[product],
+    ttl=SNAPSHOT_TTL,
+    schema=[
+        Field(name="units_7d", dtype=Int64),
+        Field(name="units_30d", dtype=Int64),
+        Field(name="units_90d", dtype=Int64),
+        Field(name="lines_7d", dtype=Int64),
+        Field(name="lines_30d", dtype=Int64),
+        Field(name="lines_90d", dtype=Int64),
+        Field(name="buyers_7d", dtype=Int64),
+        Field(name="buyers_30d", dtype=Int64),
+        Field(name="buyers_90d", dtype=Int64),
+        Field(name="revenue_30d", dtype=Float64),
+        Field(name="trend_30d", dtype=Float64, description="-1 falling .. +1 rising"),
+        Field(name="avg_price", dtype=Float64),
+        Field(name="days_since_last_sale", dtype=Float64),
+        Field(name="description", dtype=String),
+    ],
+    source=product_source,
+    online=True,
+    tags={"owner": "patron"},
+)

@@ -1,0 +1,122 @@
+"""Opening the Feast store for a state directory, registering definitions, materialising history.
+
+The shipped data ends in 2011, so nothing here uses "now": materialisation takes explicit dates
+and always loads the latest snapshot at or before the as-of date.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import string
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+from urllib.parse import unquote, urlparse
+
+import pandas as pd
+import yaml
+from feast import FeatureStore, RepoConfig
+
+from features.compute import CUSTOMER_FEATURES_FILE, PRODUCT_FEATURES_FILE, to_utc
+
+log = logging.getLogger(__name__)
+
+REPO_DIR = Path(__file__).resolve().parent / "repo"
+CONFIGS = {"sqlite": REPO_DIR / "feature_store.yaml", "redis": REPO_DIR / "feature_store.redis.yaml"}
+
+
+class FeatureStoreError(Exception):
+    """The feature store is not ready for what was asked (not applied, not built, unreachable)."""
+
+
+def redis_connection_string(url: str) -> str:
+    """Feast's Redis store wants ``host:port,db=N,password=...``; Patron is configured with a URL."""
+    u = urlparse(url)
+    if u.scheme not in ("redis", "rediss"):
+        raise ValueError(f"PATRON_REDIS_URL must look like redis://host:port/db, got {url!r}")
+    parts = [f"{u.hostname or '127.0.0.1'}:{u.port or 6379}"]
+    db = (u.path or "/0").lstrip("/") or "0"
+    parts.append(f"db={int(db)}")
+    if u.password:
+        parts.append(f"password={unquote(u.password)}")
+    if u.username and u.username != "default":
+        parts.append(f"username={unquote(u.username)}")
+    if u.scheme == "rediss":
+        parts.append("ssl=true")
+    return ",".join(parts)
+
+
+def open_store(
+    feature_repo: Path,
+    online_store: Literal["sqlite", "redis"] = "sqlite",
+    redis_url: str = "redis://127.0.0.1:6379/0",
+) -> FeatureStore:
+    """A FeatureStore whose repo path, registry and SQLite file live in ``feature_repo``."""
+    feature_repo = Path(feature_repo)
+    (feature_repo / "data").mkdir(parents=True, exist_ok=True)
+    values = {"feature_repo": str(feature_repo)}
+    if online_store == "redis":
+        values["redis_connection_string"] = redis_connection_string(redis_url)
+    text = string.Template(CONFIGS[online_store].read_text()).substitute(values)
+    config = RepoConfig(**yaml.safe_load(text))
+    config.repo_path = feature_repo
+    return FeatureStore(repo_path=str(feature_repo), config=config)
+
+
+def apply_definitions(store: FeatureStore) -> list[str]:
+    """Register entities, views and services (idempotent: unchanged objects are left alone)."""
+    from features.repo.definitions import ALL_OBJECTS
+
+    store.apply(ALL_OBJECTS)
+    return sorted(o.name for o in ALL_OBJECTS)
+
+
+@dataclass(frozen=True)
+class Materialization:
+    snapshot: dt.datetime
+    customers: int
+    products: int
+
+
+def latest_snapshot(feature_repo: Path, as_of: dt.date | dt.datetime) -> dt.datetime:
+    path = Path(feature_repo) / "data" / CUSTOMER_FEATURES_FILE
+    if not path.exists():
+        raise FeatureStoreError(f"no feature tables in {path.parent}: run `patron features build --as-of DATE` first")
+    ts = pd.read_parquet(path, columns=["event_timestamp"])["event_timestamp"]
+    ts = ts[ts <= pd.Timestamp(to_utc(as_of))]
+    if ts.empty:
+        raise FeatureStoreError(f"the feature tables have no snapshot at or before {to_utc(as_of).date()}")
+    return ts.max().to_pydatetime()
+
+
+def materialize(store: FeatureStore, as_of: dt.date | dt.datetime) -> Materialization:
+    """Load the latest snapshot at or before ``as_of`` into the online store.
+
+    The window is [snapshot, snapshot] (Feast's bounds are inclusive), so exactly that snapshot
+    is loaded, whatever the wall clock says.
+    """
+    repo = Path(store.repo_path)
+    snapshot = latest_snapshot(repo, as_of)
+    try:
+        store.get_feature_view("customer_features")
+    except Exception as exc:
+        raise FeatureStoreError("feature definitions are not registered: run `patron features apply` first") from exc
+    store.materialize(start_date=snapshot, end_date=snapshot)
+    counts = {}
+    for name in (CUSTOMER_FEATURES_FILE, PRODUCT_FEATURES_FILE):
+        df = pd.read_parquet(repo / "data" / name, columns=["event_timestamp"])
+        counts[name] = int((df["event_timestamp"] == pd.Timestamp(snapshot)).sum())
+    return Materialization(snapshot, counts[CUSTOMER_FEATURES_FILE], counts[PRODUCT_FEATURES_FILE])
+
+
+def online_customer_features(store: FeatureStore, customer_ids: list[int], service: str = "churn_v1") -> pd.DataFrame:
+    fs = store.get_feature_service(service)
+    resp = store.get_online_features(features=fs, entity_rows=[{"customer_id": int(c)} for c in customer_ids])
+    return resp.to_df()
+
+
+def historical_features(store: FeatureStore, entity_df: pd.DataFrame, service: str) -> pd.DataFrame:
+    """Point-in-time join: each entity row gets the latest snapshot at or before its timestamp."""
+    fs = store.get_feature_service(service)
+    return store.get_historical_features(entity_df=entity_df, features=fs).to_df()

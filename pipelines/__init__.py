@@ -1,0 +1,1 @@
+"""The `patron` command line and the retraining pipeline that compose the stages."""

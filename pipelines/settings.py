@@ -1,0 +1,87 @@
+"""Configuration (environment variables with the PATRON_ prefix) and the layout of the state directory.
+
+Settings are read once, in the entrypoint, and passed down; nothing here runs at import time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+class PatronSettings(BaseSettings):
+    """Everything Patron can be configured with. Command-line options override these."""
+
+    model_config = SettingsConfigDict(env_prefix="PATRON_", extra="ignore")
+
+    home: Path | None = Field(default=None, description="State directory; default: the repository itself")
+    online_store: Literal["sqlite", "redis"] = "sqlite"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    mlflow_uri: str | None = None
+    storefront_keys: str = ""
+    crm_keys: str = ""
+    admin_keys: str = ""
+    # Lines with |quantity| at or above this are treated as data-entry errors, not orders.
+    max_abs_quantity: int = 10_000
+    # Weekly feature snapshots: a customer's recency changes every day, so features are
+    # recomputed on a grid of dates rather than only when the customer buys.
+    snapshot_every_days: int = 7
+
+    def paths(self) -> "StatePaths":
+        return StatePaths.for_home(self.home)
+
+
+@dataclass(frozen=True)
+class StatePaths:
+    """Where every piece of state lives. Two different homes never share a file."""
+
+    root: Path
+    mlruns: Path
+
+    @classmethod
+    def for_home(cls, home: Path | None) -> "StatePaths":
+        if home is not None:
+            home = Path(home).expanduser().resolve()
+            return cls(root=home, mlruns=home / "mlruns")
+        # Without PATRON_HOME the repository is the home: mlruns/ at its top, the rest hidden in
+        # a git-ignored folder so that a checkout stays clean.
+        return cls(root=REPO_ROOT / ".patron", mlruns=REPO_ROOT / "mlruns")
+
+    @property
+    def data(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def canonical(self) -> Path:
+        return self.data / "order_lines"
+
+    @property
+    def quarantine(self) -> Path:
+        return self.data / "quarantine"
+
+    @property
+    def staging(self) -> Path:
+        return self.data / "staging"
+
+    @property
+    def ledger(self) -> Path:
+        return self.data / "ingest.sqlite"
+
+    @property
+    def reports(self) -> Path:
+        return self.root / "reports"
+
+    @property
+    def feature_repo(self) -> Path:
+        """Feast's repo_path: relative source paths and the local registry resolve here."""
+        return self.root / "feature_store"
+
+    @property
+    def feature_data(self) -> Path:
+        return self.feature_repo / "data"

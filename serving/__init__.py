@@ -1,0 +1,1 @@
+"""The BentoML service that answers the storefront and the CRM."""

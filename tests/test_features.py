@@ -1,0 +1,91 @@
+"""Feature computation: known values on tiny data, and no order at or after T leaks into features as of T."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from features.compute import build_features, snapshot_grid, to_utc
+from features.ingest import ingest
+from tests.conftest import line, write_raw
+
+UTC = dt.timezone.utc
+T = dt.datetime(2011, 1, 15, tzinfo=UTC)
+
+
+def orders(tmp_path: Path) -> list[Path]:
+    a, b = "12345.0", "23456.0"
+    rows = [
+        # customer A: three orders before T, one return, and two orders that must not count for T
+        line("1001", "10001", 2, "2011-01-01 10:00:00", 5.0, cust=a),
+        line("1001", "10002", 1, "2011-01-01 10:00:00", 10.0, cust=a),
+        line("1002", "10001", 4, "2011-01-05 10:00:00", 5.0, cust=a),
+        line("1003", "10003", 1, "2011-01-11 10:00:00", 30.0, cust=a),
+        line("C1004", "10003", -1, "2011-01-12 09:00:00", 30.0, cust=a),
+        line("1005", "10004", 100, "2011-01-15 00:00:00", 9.0, cust=a),  # exactly at T: excluded
+        line("1006", "10004", 100, "2011-01-20 12:00:00", 9.0, cust=a),  # after T: excluded
+        # customer B buys once, from Germany; a guest buys product 10001 too
+        line("2001", "10001", 3, "2011-01-10 12:00:00", 5.0, cust=b, country="Germany"),
+        line("3001", "10001", 5, "2011-01-14 12:00:00", 5.0, cust=""),
+        line("3002", "10001", 50, "2011-01-15 08:00:00", 5.0, cust=""),  # on T's day: excluded
+    ]
+    return [write_raw(tmp_path / "orders.csv", rows)]
+
+
+@pytest.fixture
+def built(tmp_path: Path, home: Path):
+    ingest(orders(tmp_path), home / "data")
+    b = build_features(home / "data", home / "fs" / "data", dt.date(2011, 1, 15), snapshots=[T])
+    cust = pd.read_parquet(b.customer_path).set_index("customer_id")
+    prod = pd.read_parquet(b.product_path).set_index("item_id")
+    return b, cust, prod
+
+
+def test_customer_features_as_of_t_use_only_orders_before_t(built) -> None:
+    _, cust, _ = built
+    a = cust.loc[12345]
+    assert a["frequency"] == 3  # orders at and after T would make it 4 or 5
+    assert a["monetary_total"] == pytest.approx(20.0 + 20.0 + 30.0)
+    assert a["recency_days"] == pytest.approx((T - dt.datetime(2011, 1, 11, 10, tzinfo=UTC)).total_seconds() / 86400)
+    assert a["tenure_days"] == pytest.approx((T - dt.datetime(2011, 1, 1, 10, tzinfo=UTC)).total_seconds() / 86400)
+    assert a["mean_interorder_days"] == pytest.approx(5.0)  # 1st..11th over two gaps
+    assert a["std_interorder_days"] == pytest.approx(pd.Series([4.0, 6.0]).std())
+    assert a["distinct_products"] == 3
+    assert a["return_rate"] == pytest.approx(30.0 / 70.0)
+    assert a["avg_basket_items"] == pytest.approx((3 + 4 + 1) / 3)
+    assert a["orders_30d"] == 3 and a["orders_prev_90d"] == 0 and a["activity_trend"] == 1.0
+    b = cust.loc[23456]
+    assert b["frequency"] == 1 and b["country"] == "Germany" and pd.isna(b["mean_interorder_days"])
+    assert pd.Timestamp(cust.loc[12345, "event_timestamp"]) == pd.Timestamp(T)
+
+
+def test_product_features_count_guests_but_not_the_snapshot_day(built) -> None:
+    _, _, prod = built
+    p = prod.loc["10001"]
+    assert p["units_30d"] == 2 + 4 + 3 + 5  # not the guest's 50 on T's day
+    assert p["lines_30d"] == 4
+    assert p["buyers_30d"] == 2  # the guest is no known buyer
+    assert p["units_7d"] == 3 + 5  # 8th..14th January
+    assert p["avg_price"] == pytest.approx(5.0)
+    assert p["description"] == "WHITE HANGING HEART T-LIGHT HOLDER"
+    assert "10004" not in prod.index  # first sold at T: unknown as of T
+
+
+def test_a_later_snapshot_does_see_the_later_orders(tmp_path: Path, home: Path) -> None:
+    ingest(orders(tmp_path), home / "data")
+    later = to_utc(dt.date(2011, 1, 22))
+    b = build_features(home / "data", home / "fs" / "data", later, snapshots=[T, later])
+    cust = pd.read_parquet(b.customer_path)
+    a = cust[cust.customer_id == 12345].set_index("event_timestamp")["frequency"]
+    assert a.loc[pd.Timestamp(T)] == 3 and a.loc[pd.Timestamp(later)] == 5
+
+
+def test_snapshot_grid_ends_at_as_of_and_starts_after_the_first_order() -> None:
+    first = dt.datetime(2011, 1, 1, 10, tzinfo=UTC)
+    grid = snapshot_grid(first, to_utc(dt.date(2011, 1, 29)), 7)
+    assert [g.day for g in grid] == [8, 15, 22, 29]
+    with pytest.raises(ValueError, match="at least 1 day, got 0"):
+        snapshot_grid(first, T, 0)

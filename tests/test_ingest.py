@@ -1,0 +1,218 @@
+"""Ingestion: every row classified, nothing silently dropped, files committed whole or not at all."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+from typer.testing import CliRunner
+
+from features import ingest as ing
+from features.ingest import OrderStore, SchemaError, UnreadableFileError, ingest, read_quarantine
+from tests.conftest import SHIPPED, line, write_raw
+
+DAY1 = [
+    line("536365", "85123a ", 6, "2010-12-01 08:26:00", 2.55),  # sale; code trimmed + upper-cased
+    line("536365", "71053", 6, "2010-12-01 08:26:00", 3.39),  # sale
+    line("C536379", "71053", -1, "2010-12-01 09:41:00", 3.39),  # return
+    line("536366", "22633", 6, "2010-12-01 08:28:00", 1.85, cust=""),  # guest
+    line("536367", "POST", 1, "2010-12-01 08:34:00", 18.0, desc="POSTAGE"),  # non-product
+    line("536368", "22960", 3, "2010-12-01 08:34:00", 0.0),  # invalid: zero price
+    line("536369", "22960", 74215, "2010-12-01 08:35:00", 1.04),  # invalid: absurd quantity
+    line("536370", "22960", 2, "not-a-date", 1.0),  # invalid: date
+    line("536371", "22960", 2, "9999-12-01 08:35:00", 1.0),  # invalid: year 9999
+    line("536372", "22960", 2, "2010-12-01 08:35:00", 1.0, desc="=cmd|' /C calc'!A0"),  # invalid: formula
+]
+
+
+def canonical(home_data: Path) -> pd.DataFrame:
+    parts = OrderStore(home_data).committed_parts()
+    if not parts:
+        return pd.DataFrame(columns=ing.CANONICAL_SCHEMA.names)
+    return pd.concat([pq.read_table(p).to_pandas() for p in parts], ignore_index=True)
+
+
+def test_every_row_gets_exactly_one_class(tmp_path: Path, home: Path) -> None:
+    f = write_raw(tmp_path / "2010-12-01.csv", DAY1)
+    report = ingest([f], home / "data")
+    assert report.classes == {"sale": 2, "return": 1, "guest": 1, "non_product": 1, "invalid": 5}
+    assert report.rows_in == sum(report.classes.values()) == len(DAY1)
+    assert report.rows_written == 5 and report.quarantined == 5
+    df = canonical(home / "data").sort_values("source_line")
+    assert df["item_id"].tolist() == ["85123A", "71053", "71053", "22633", "POST"]
+    assert df["customer_id"].tolist()[:3] == [17850, 17850, 17850]
+    assert pd.isna(df["customer_id"].iloc[3])
+    assert df["line_class"].tolist() == ["sale", "sale", "return", "guest", "non_product"]
+    assert df["amount"].iloc[0] == pytest.approx(6 * 2.55)
+    assert str(df["invoice_ts"].iloc[0]) == "2010-12-01 08:26:00+00:00"
+
+
+def test_rejected_rows_are_kept_with_their_reason(tmp_path: Path, home: Path) -> None:
+    f = write_raw(tmp_path / "2010-12-01.csv", DAY1)
+    ingest([f], home / "data")
+    q = read_quarantine(home / "data").sort_values("source_line")
+    assert q["source_line"].tolist() == [7, 8, 9, 10, 11]
+    reasons = q["reason"].tolist()
+    assert "UnitPrice '0.0' is not positive" in reasons[0]
+    assert "implausible" in reasons[1] and "74215" in reasons[1]
+    assert "not a timestamp" in reasons[2]
+    assert "outside the plausible range" in reasons[3]
+    assert "spreadsheet formula" in reasons[4]
+    assert q["Description"].iloc[4].startswith("=cmd")  # the raw text itself is kept
+
+
+def test_reingesting_is_a_noop_and_a_new_day_appends(tmp_path: Path, home: Path) -> None:
+    f1 = write_raw(tmp_path / "d1.csv", DAY1)
+    first = ingest([f1], home / "data")
+    again = ingest([f1], home / "data")
+    assert again.rows_written == 0 and again.rows_in == first.rows_in
+    assert again.classes == first.classes
+    assert [f.status for f in again.files] == ["already_ingested"]
+    f2 = write_raw(tmp_path / "d2.csv", [line("536400", "71053", 2, "2010-12-02 10:00:00", 3.39)])
+    third = ingest([f1, f2], home / "data")
+    assert third.rows_written == 1
+    assert len(canonical(home / "data")) == 6
+
+
+def test_same_lines_in_another_file_are_not_stored_twice(tmp_path: Path, home: Path) -> None:
+    plain = write_raw(tmp_path / "a" / "2010-12-01.csv", DAY1)
+    zipped = write_raw(tmp_path / "b" / "export-again.csv.gz", DAY1)
+    ingest([plain], home / "data")
+    second = ingest([zipped], home / "data")
+    assert second.rows_in == len(DAY1) and second.rows_written == 0
+    assert len(canonical(home / "data")) == 5
+
+
+def test_identical_lines_within_an_invoice_are_both_kept(tmp_path: Path, home: Path) -> None:
+    row = line("536500", "71053", 2, "2010-12-03 10:00:00", 3.39)
+    f = write_raw(tmp_path / "d.csv", [row, row])
+    assert ingest([f], home / "data").rows_written == 2
+
+
+@pytest.mark.parametrize(
+    ("header", "named"),
+    [
+        (["InvoiceNo", "StockCode", "Description", "Quantity", "InvoiceDate", "UnitPrice", "Country"], "missing column(s) CustomerID"),
+        (["InvoiceNo", "StockCode", "Description", "Quantity", "InvoiceDate", "UnitPrice", "CustomerID", "Country", "Tax"], "unexpected column(s) 'Tax'"),
+        (["InvoiceNo", "StockCode", "StockCode", "Quantity", "InvoiceDate", "UnitPrice", "CustomerID", "Country"], "duplicated column(s) StockCode"),
+    ],
+)
+def test_bad_schema_is_refused_naming_the_columns_and_nothing_is_written(
+    tmp_path: Path, home: Path, header: list[str], named: str
+) -> None:
+    good = write_raw(tmp_path / "good.csv", DAY1)
+    rows = [r[: len(header)] + [""] * (len(header) - len(r)) for r in DAY1]
+    bad = write_raw(tmp_path / "bad.csv", rows, header=header)
+    with pytest.raises(SchemaError, match=r"bad\.csv") as exc:
+        ingest([good, bad], home / "data")  # the good file comes first and is still not written
+    assert named in str(exc.value)
+    assert canonical(home / "data").empty
+    assert not OrderStore(home / "data").committed_parts("quarantine")
+
+
+def test_truncated_csv_is_refused_whole(tmp_path: Path, home: Path) -> None:
+    full = write_raw(tmp_path / "full.csv", DAY1[:3])
+    data = full.read_bytes()
+    cut = tmp_path / "2010-12-01.csv"
+    cut.write_bytes(data[: data.rindex(b"2010-12-01 09:41")])  # dies inside the last line
+    with pytest.raises(UnreadableFileError, match="truncated"):
+        ingest([cut], home / "data")
+    assert canonical(home / "data").empty
+
+
+def test_truncated_gzip_is_refused_whole(tmp_path: Path, home: Path) -> None:
+    src = SHIPPED / "2010-12-01.csv.gz"
+    cut = tmp_path / "2010-12-01.csv.gz"
+    cut.write_bytes(src.read_bytes()[: src.stat().st_size // 2])
+    with pytest.raises(UnreadableFileError, match="truncated or corrupt"):
+        ingest([cut], home / "data")
+    assert canonical(home / "data").empty
+
+
+def test_a_crash_while_committing_leaves_no_partial_day(tmp_path: Path, home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    rows = DAY1[:2] + [line("536600", "71053", 1, "2010-12-02 09:00:00", 3.39)]  # two days in one file
+    f = write_raw(tmp_path / "two-days.csv", rows)
+    real_replace = os.replace
+    calls = {"n": 0}
+
+    def dying_replace(src, dst):  # the process "dies" after the first day's part is in place
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise OSError("simulated crash")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(ing.os, "replace", dying_replace)
+    with pytest.raises(OSError, match="simulated crash"):
+        ingest([f], home / "data")
+    monkeypatch.setattr(ing.os, "replace", real_replace)
+    assert canonical(home / "data").empty  # the moved part is not committed, readers ignore it
+    leftovers = list((home / "data" / "order_lines").rglob("*.parquet"))
+    assert leftovers, "the simulated crash should have left a moved part behind"
+    again = ingest([f], home / "data")  # the next run cleans up and ingests the file whole
+    assert again.rows_written == 3
+    assert len(canonical(home / "data")) == 3
+    assert len(list((home / "data" / "order_lines").rglob("*.parquet"))) == 2
+
+
+def test_hostile_cells_and_broken_rows_are_quarantined(tmp_path: Path, home: Path) -> None:
+    f = tmp_path / "mess.csv"
+    text = (
+        "\ufeffInvoiceNo,StockCode,Description,Quantity,InvoiceDate,UnitPrice,CustomerID,Country\n"
+        "536365,85123A,CAF\u00c9 MUG,6,2010-12-01 08:26:00,2.55,17850.0,United Kingdom\n"
+        "536365,85123A,ONLY FOUR,6\n"
+        "536366,22633,NAN QTY,NaN,2010-12-01 08:28:00,1.85,17850.0,United Kingdom\n"
+        "536367,22633,NEG PRICE,1,2010-12-01 08:28:00,-1.85,17850.0,United Kingdom\n"
+        "InvoiceNo,StockCode,Description,Quantity,InvoiceDate,UnitPrice,CustomerID,Country\n"
+        "536368,22633,BAD ID,1,2010-12-01 08:28:00,1.85,abc,United Kingdom\n"
+    )
+    f.write_bytes(text.encode("utf-8"))
+    report = ingest([f], home / "data")
+    assert report.rows_in == 6 and report.classes["sale"] == 1 and report.classes["invalid"] == 5
+    reasons = sorted(read_quarantine(home / "data")["reason"])
+    assert any("expected 8 fields" in r and "got 4" in r for r in reasons)
+    assert any("Quantity 'NaN' is not a whole number" in r or "Quantity 'NaN' is not a number" in r for r in reasons)
+    assert any("repeated header line" in r for r in reasons)
+    assert any("CustomerID 'abc'" in r for r in reasons)
+    assert canonical(home / "data")["description"].tolist() == ["CAF\u00c9 MUG"]
+
+
+def test_windows_1252_export_is_decoded(tmp_path: Path, home: Path) -> None:
+    f = tmp_path / "cp1252.csv"
+    text = ",".join(["InvoiceNo", "StockCode", "Description", "Quantity", "InvoiceDate", "UnitPrice", "CustomerID", "Country"])
+    text += "\n536365,85123A,CAF\u00c9 \u20ac MUG,6,2010-12-01 08:26:00,2.55,17850.0,United Kingdom\n"
+    f.write_bytes(text.encode("cp1252"))
+    report = ingest([f], home / "data")
+    assert report.files[0].encoding == "cp1252"
+    assert canonical(home / "data")["description"].tolist() == ["CAF\u00c9 \u20ac MUG"]
+
+
+def test_cli_ingest_json_on_the_shipped_data(home: Path) -> None:
+    from pipelines.cli import app
+
+    runner = CliRunner()
+    env = {"PATRON_HOME": str(home)}
+    first = runner.invoke(app, ["ingest", "--source", str(SHIPPED), "--json"], env=env)
+    assert first.exit_code == 0, first.output
+    out = json.loads(first.stdout.strip().splitlines()[-1])
+    assert out["rows_in"] == 370_931 == sum(out["classes"].values())
+    assert out["classes"]["invalid"] == out["quarantined"] > 0
+    assert out["rows_written"] == out["rows_in"] - out["quarantined"]
+    second = runner.invoke(app, ["ingest", "--source", str(SHIPPED), "--json"], env=env)
+    again = json.loads(second.stdout.strip().splitlines()[-1])
+    assert again["rows_written"] == 0 and again["rows_in"] == 370_931
+
+
+def test_cli_reports_a_bad_file_without_a_traceback(tmp_path: Path, home: Path) -> None:
+    from pipelines.cli import app
+
+    bad = write_raw(tmp_path / "bad.csv", [r[:7] for r in DAY1], header=["InvoiceNo", "StockCode", "Description", "Quantity", "InvoiceDate", "UnitPrice", "Country"])
+    res = CliRunner().invoke(app, ["ingest", "--source", str(bad)], env={"PATRON_HOME": str(home)})
+    assert res.exit_code == 2
+    assert "missing column(s) CustomerID" in res.stderr
+    assert "Traceback" not in res.output

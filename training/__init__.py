@@ -1,0 +1,1 @@
+"""Model training: churn, lifetime value and recommendations."""
