@@ -62,13 +62,19 @@ def snapshot_grid(first_order: dt.datetime, as_of: dt.datetime, every_days: int)
     return sorted(out)
 
 
-def _connect(memory_limit: str | None = None) -> duckdb.DuckDBPyConnection:
+def _connect(memory_limit: str | None, temp_dir: Path) -> duckdb.DuckDBPyConnection:
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
     con.execute("SET preserve_insertion_order = false")  # lets large aggregations stream
+    # Past the limit DuckDB spills joins and aggregations to disk instead of growing.
+    con.execute(f"SET temp_directory = {_sql_path(temp_dir)}")
     if memory_limit:
         con.execute(f"SET memory_limit = '{memory_limit}'")
     return con
+
+
+def _sql_path(p: Path) -> str:
+    return "'" + str(p).replace("'", "''") + "'"
 
 
 def _lines_view(con: duckdb.DuckDBPyConnection, parts: Sequence[Path]) -> None:
@@ -123,17 +129,23 @@ ret AS (
     FROM returns r JOIN snap s ON r.ts < s.t
     GROUP BY r.customer_id, s.t
 ),
--- distinct products: count each (customer, product) once, at the snapshot after its first purchase
+-- distinct products: each (customer, product) pair counts from the first snapshot after its first
+-- purchase on; counting new pairs per snapshot and summing them up keeps this linear in the pairs
+-- instead of pairs x snapshots
 first_buys AS (
     SELECT customer_id, item_id, min(invoice_ts) AS first_ts
     FROM lines
     WHERE line_class = 'sale' AND invoice_ts < $as_of
     GROUP BY customer_id, item_id
 ),
-distinct_products AS (
-    SELECT f.customer_id, s.t, count(*) AS distinct_products
-    FROM first_buys f JOIN snap s ON f.first_ts < s.t
+new_pairs AS (
+    SELECT f.customer_id, s.t, count(*) AS n
+    FROM first_buys f ASOF JOIN snap s ON f.first_ts < s.t
     GROUP BY f.customer_id, s.t
+),
+distinct_products AS (
+    SELECT customer_id, t, sum(n) OVER (PARTITION BY customer_id ORDER BY t) AS distinct_products
+    FROM new_pairs
 )
 SELECT
     a.customer_id::BIGINT AS customer_id,
@@ -160,8 +172,8 @@ SELECT
     coalesce(a.country, '') AS country,
     now() AS created_at
 FROM agg a
-LEFT JOIN ret r USING (customer_id, t)
-LEFT JOIN distinct_products d USING (customer_id, t)
+LEFT JOIN ret r ON a.customer_id = r.customer_id AND a.t = r.t
+ASOF LEFT JOIN distinct_products d ON a.customer_id = d.customer_id AND a.t >= d.t
 ORDER BY customer_id, event_timestamp
 """
 
@@ -196,14 +208,21 @@ agg AS (
     FROM item_day i JOIN snap s ON i.d + INTERVAL 1 DAY <= s.t
     GROUP BY i.item_id, s.t
 ),
-buyers AS (
-    SELECT b.item_id, s.t,
-           count(DISTINCT b.customer_id) FILTER (WHERE b.d >= s.t - INTERVAL 7 DAY) AS buyers_7d,
-           count(DISTINCT b.customer_id) FILTER (WHERE b.d >= s.t - INTERVAL 30 DAY) AS buyers_30d,
-           count(DISTINCT b.customer_id) AS buyers_90d
+-- distinct buyers in two grouped steps (spillable to disk), not count(DISTINCT) per window:
+-- first the last purchase day of each buyer per product and snapshot, then counts per window
+buyer_last AS (
+    SELECT b.item_id, s.t, b.customer_id, max(b.d) AS last_d
     FROM (SELECT DISTINCT item_id, customer_id, d FROM sold WHERE customer_id IS NOT NULL) b
     JOIN snap s ON b.d + INTERVAL 1 DAY <= s.t AND b.d >= s.t - INTERVAL 90 DAY
-    GROUP BY b.item_id, s.t
+    GROUP BY b.item_id, s.t, b.customer_id
+),
+buyers AS (
+    SELECT item_id, t,
+           count(*) FILTER (WHERE last_d >= t - INTERVAL 7 DAY) AS buyers_7d,
+           count(*) FILTER (WHERE last_d >= t - INTERVAL 30 DAY) AS buyers_30d,
+           count(*) AS buyers_90d
+    FROM buyer_last
+    GROUP BY item_id, t
 ),
 names AS (
     -- descriptions vary for one code: keep the most frequent, ties broken by the latest use
@@ -248,14 +267,15 @@ def build_features(
     *,
     every_days: int = 7,
     snapshots: Sequence[dt.datetime] | None = None,
-    memory_limit: str | None = None,
+    memory_limit: str | None = "3GB",
 ) -> FeatureBuild:
     """Compute both feature tables for every snapshot up to ``as_of`` and replace them atomically."""
     as_of_ts = to_utc(as_of)
     parts = OrderStore(data_dir).committed_parts("order_lines")
     if not parts:
         raise NoDataError(f"no order lines under {data_dir}: run `patron ingest --source ...` first")
-    con = _connect(memory_limit)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    con = _connect(memory_limit, out_dir / ".duckdb_tmp")
     _lines_view(con, parts)
     first, last = con.execute(
         "SELECT min(invoice_ts), max(invoice_ts) FROM lines WHERE line_class = 'sale' AND invoice_ts < $as_of",
