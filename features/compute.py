@@ -93,7 +93,9 @@ orders AS (
            count(*) AS n_lines,
            arg_max(country, invoice_ts) AS country
     FROM lines
-    WHERE line_class = 'sale' AND invoice_ts < $as_of
+    -- the same "valid purchase" as labels and evaluation: paid service lines (postage) count too
+    WHERE line_class IN ('sale', 'non_product') AND customer_id IS NOT NULL AND quantity > 0 AND unit_price > 0
+      AND NOT starts_with(invoice_no, 'C') AND invoice_ts < $as_of
     GROUP BY customer_id, invoice_no
 ),
 orders_gap AS (

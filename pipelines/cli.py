@@ -253,3 +253,132 @@ def show_online_example(settings: PatronSettings) -> None:
     for name, value in row.items():
         table.add_row(str(name), f"{value:,.2f}" if isinstance(value, float) else str(value))
     console.print(table)
+
+
+class ModelKind(str, Enum):
+    churn = "churn"
+    ltv = "ltv"
+    recs = "recs"
+    all = "all"
+
+
+class PromotableKind(str, Enum):
+    churn = "churn"
+    ltv = "ltv"
+    recs = "recs"
+
+
+RequiredAsOf = Annotated[
+    dt.datetime,
+    typer.Option("--as-of", formats=["%Y-%m-%d"], help="Freeze the world at this date: nothing at or after it is used."),
+]
+HorizonOpt = Annotated[int, typer.Option("--horizon-days", min=1, max=730, help="Prediction window in days.")]
+
+
+def _kinds(kind: ModelKind) -> tuple[str, ...]:
+    return ("churn", "ltv", "recs") if kind is ModelKind.all else (kind.value,)
+
+
+@app.command()
+def train(
+    kind: Annotated[ModelKind, typer.Argument(help="churn | ltv | recs | all")],
+    as_of: RequiredAsOf,
+    horizon_days: HorizonOpt = 90,
+    home: HomeOpt = None,
+    online_store: StoreOpt = None,
+) -> None:
+    """Train, evaluate against baselines, log to MLflow, register a challenger and run the gate."""
+    settings = _settings(home, online_store)
+    results = run_training(settings, _kinds(kind), as_of, horizon_days)
+    show_results(results)
+
+
+def run_training(settings: PatronSettings, kinds: tuple[str, ...], as_of: dt.datetime, horizon_days: int) -> list:
+    from training.frames import TooLittleHistoryError
+    from training.train import spec_for, train_customer_models
+
+    spec = spec_for(settings, as_of, horizon_days)
+    results = []
+    customer = tuple(k for k in kinds if k in ("churn", "ltv"))
+    try:
+        if customer:
+            with console.status(f"training {', '.join(customer)} as of {spec.as_of.date()}"):
+                results += train_customer_models(spec, customer)
+        if "recs" in kinds:
+            try:
+                from training.recs_train import train_recommender
+            except ImportError:
+                _fail("the recommender's training is not built yet; churn and ltv are")
+
+            with console.status(f"training the recommender as of {spec.as_of.date()}"):
+                results.append(train_recommender(spec))
+    except (TooLittleHistoryError, ValueError) as exc:
+        _fail(str(exc))
+    return results
+
+
+def show_results(results: list) -> None:
+    for r in results:
+        table = Table(title=f"{r.kind} v{r.version}: {'champion' if r.promoted else 'challenger'}")
+        table.add_column("model / baseline")
+        keys = sorted({k for m in [r.metrics, *r.baselines.values()] for k in m})
+        for k in keys:
+            table.add_column(k, justify="right")
+        table.add_row("[bold]model", *[f"{r.metrics[k]:.4f}" if k in r.metrics else "" for k in keys])
+        for name, m in r.baselines.items():
+            table.add_row(name, *[f"{m[k]:.4f}" if k in m else "" for k in keys])
+        console.print(table)
+        console.print(f"gate: {r.reason}")
+        for note in r.notes:
+            console.print(f"[yellow]note:[/] {note}")
+
+
+@app.command()
+def promote(
+    kind: Annotated[PromotableKind, typer.Argument(help="churn | ltv | recs")],
+    version: Annotated[Optional[str], typer.Option("--version", help="Registered version to make champion.")] = None,
+    rollback: Annotated[bool, typer.Option("--rollback", help="Point champion back at the version it replaced.")] = False,
+    home: HomeOpt = None,
+) -> None:
+    """Make a registered version the champion, or roll the champion back."""
+    from training import registry
+
+    settings = _settings(home)
+    registry.configure(settings.paths().mlruns, settings.mlflow_uri)
+    if rollback == (version is not None):
+        _fail("give exactly one of --version V or --rollback")
+    try:
+        if rollback:
+            old, new = registry.rollback(kind.value)
+            console.print(f"{registry.REGISTERED[kind.value]}: champion rolled back from v{old} to v{new}")
+        else:
+            prev = registry.promote(kind.value, version)
+            console.print(f"{registry.REGISTERED[kind.value]}: champion is now v{version} (was {prev})")
+    except registry.RegistryError as exc:
+        _fail(str(exc))
+
+
+@app.command()
+def export(
+    as_of: RequiredAsOf,
+    out: Annotated[Path, typer.Option("--out", help="Folder for churn.parquet, ltv.parquet, recommendations.parquet, discovery.parquet.")],
+    horizon_days: HorizonOpt = 90,
+    home: HomeOpt = None,
+) -> None:
+    """Batch scores of the champion models for every customer who bought before --as-of."""
+    from pipelines.export import export_all
+    from training.frames import TooLittleHistoryError
+    from training.registry import RegistryError
+    from training.train import spec_for
+
+    settings = _settings(home)
+    spec = spec_for(settings, as_of, horizon_days)
+    try:
+        with console.status("scoring customers"):
+            result = export_all(spec, out)
+    except (RegistryError, TooLittleHistoryError, ValueError) as exc:
+        _fail(str(exc))
+        return
+    for name, rows in result.files.items():
+        console.print(f"{out / name}: {rows:,} rows")
+    console.print("models: " + ", ".join(f"{k} v{v}" for k, v in result.versions.items()))

@@ -1,0 +1,162 @@
+"""Churn and LTV models on tiny data with known answers; snapshot planning and labels."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from training.base import ModelCard, ModelLoadError
+from training.churn import NUMERIC, ChurnModel, classification_metrics, risk_band
+from training.frames import TooLittleHistoryError, labels, plan_snapshots, population
+from training.ltv import LTVModel, assign_tier, tier_cutoffs, tier_table, value_metrics
+
+UTC = dt.timezone.utc
+
+
+def cohorts(n: int = 400, seed: int = 0) -> pd.DataFrame:
+    """Two cohorts any model separates: recent, frequent buyers stay; lapsed one-off buyers leave."""
+    rng = np.random.default_rng(seed)
+    half = n // 2
+    active = {
+        "recency_days": rng.uniform(1, 20, half), "frequency": rng.integers(5, 30, half),
+        "orders_30d": rng.integers(1, 4, half), "orders_90d": rng.integers(3, 9, half),
+        "bg_p_alive": rng.uniform(0.9, 1.0, half), "bg_expected_orders": rng.uniform(2, 6, half),
+    }
+    lapsed = {
+        "recency_days": rng.uniform(150, 250, half), "frequency": rng.integers(1, 3, half),
+        "orders_30d": np.zeros(half, int), "orders_90d": np.zeros(half, int),
+        "bg_p_alive": rng.uniform(0.05, 0.4, half), "bg_expected_orders": rng.uniform(0, 0.3, half),
+    }
+    df = pd.concat([pd.DataFrame(active), pd.DataFrame(lapsed)], ignore_index=True)
+    for c in NUMERIC:
+        if c not in df:
+            df[c] = rng.uniform(0, 1, n)
+    df["monetary_total"] = df["frequency"] * 100.0
+    df["past_spend"] = df["orders_90d"] * 100.0
+    df["country"] = np.where(np.arange(n) % 3 == 0, "Germany", "United Kingdom")
+    df["customer_id"] = np.arange(1, n + 1)
+    df["churned"] = np.r_[np.zeros(half, int), np.ones(half, int)]
+    df["spend"] = np.r_[rng.uniform(500, 1000, half), np.zeros(half)]
+    df["orders"] = np.r_[rng.integers(2, 6, half), np.zeros(half, int)]
+    return df
+
+
+def card(kind: str, service: str) -> ModelCard:
+    return ModelCard(kind=kind, feature_service=service, as_of="2011-07-01T00:00:00+00:00", horizon_days=92, trained_at="now")
+
+
+def test_churn_separates_two_cohorts_perfectly() -> None:
+    train, test = cohorts(seed=0), cohorts(seed=1)
+    model = ChurnModel().fit(train)
+    p = model.predict_proba(test)
+    assert classification_metrics(test["churned"].to_numpy(), p, probabilities=True)["roc_auc"] == pytest.approx(1.0)
+    assert (risk_band(p[test["churned"] == 1]) == "high").mean() > 0.9
+
+
+def test_a_more_recent_purchase_never_raises_churn_risk() -> None:
+    model = ChurnModel().fit(cohorts())
+    base = cohorts(seed=2)
+    for delta in (1.0, 10.0, 60.0):
+        fresher = base.assign(recency_days=(base["recency_days"] - delta).clip(lower=0))
+        assert np.all(model.predict_proba(fresher) <= model.predict_proba(base) + 1e-12)
+
+
+def test_renaming_customers_changes_no_score() -> None:
+    model = ChurnModel().fit(cohorts())
+    test = cohorts(seed=3)
+    renamed = test.assign(customer_id=test["customer_id"] + 10_000)
+    assert np.array_equal(model.predict_proba(test), model.predict_proba(renamed))
+
+
+def test_reason_codes_name_recency_for_a_lapsed_customer() -> None:
+    model = ChurnModel().fit(cohorts())
+    lapsed = cohorts(seed=4).iloc[[-1]]
+    reasons = model.reasons(lapsed)[0]
+    assert reasons and reasons[0]["effect"] > 0
+    assert {"recency_days", "bg_p_alive", "orders_90d", "orders_30d", "frequency", "monetary_total"} & {r["feature"] for r in reasons}
+
+
+def test_churn_model_round_trips_and_refuses_a_mismatch(tmp_path: Path) -> None:
+    model = ChurnModel().fit(cohorts())
+    model.save(tmp_path / "m", card("churn", "churn_v1"))
+    again = ChurnModel.load(tmp_path / "m")
+    test = cohorts(seed=5)
+    assert np.array_equal(model.predict_proba(test), again.predict_proba(test))
+    with pytest.raises(ModelLoadError, match="trained on feature service churn_v1, the store provides churn_v2"):
+        ChurnModel.load(tmp_path / "m", feature_service="churn_v2")
+    (tmp_path / "m" / "classifier.skops").write_bytes(b"not a zip")
+    with pytest.raises(ModelLoadError, match="corrupt model file"):
+        ChurnModel.load(tmp_path / "m")
+    meta = json.loads((tmp_path / "m" / "model_card.json").read_text())
+    meta["format_version"] = 99
+    (tmp_path / "m" / "model_card.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelLoadError, match="model format 99"):
+        ChurnModel.load(tmp_path / "m")
+
+
+def test_label_free_churn_follows_p_alive() -> None:
+    frame = pd.DataFrame({"bg_p_alive": [1.0, 0.5, 0.1], "bg_expected_orders": [2.0, 1.0, 0.2]})
+    p = ChurnModel(label_free=True).predict_proba(frame)
+    assert p[0] == pytest.approx(np.exp(-2.0))
+    assert p[1] == pytest.approx(1 - 0.5 * (1 - np.exp(-2.0)))
+    assert p[0] < p[1] < p[2]
+
+
+def test_tiers_on_their_boundaries() -> None:
+    cutoffs = [100.0, 50.0, 10.0]
+    assert assign_tier([100.0, 99.99, 50.0, 10.0, 9.99, 0.0], cutoffs).tolist() == [
+        "platinum", "gold", "gold", "silver", "bronze", "bronze"]
+    values = np.arange(1, 101, dtype=float)
+    cut = tier_cutoffs(values)  # 5% / 15% / 30% / 50%
+    tiers = assign_tier(values, cut)
+    assert [int((tiers == t).sum()) for t in ("platinum", "gold", "silver", "bronze")] == [5, 15, 30, 50]
+    with pytest.raises(ValueError, match="summing to 1"):
+        tier_cutoffs(values, (0.5, 0.5, 0.5, 0.5))
+
+
+def test_value_metrics_by_hand() -> None:
+    actual = np.array([0, 0, 0, 0, 0, 0, 0, 0, 10, 90.0])
+    m = value_metrics(actual, np.arange(10, dtype=float))
+    assert m["top10_revenue_share"] == pytest.approx(0.9)  # the top-scored customer spent 90 of 100
+    table = tier_table(actual, np.array(["bronze"] * 8 + ["gold", "platinum"]))
+    assert table["mean_actual_spend"].tolist() == [90.0, 10.0, 0.0]
+
+
+def test_ltv_ranks_the_spenders_first(tmp_path: Path) -> None:
+    model = LTVModel(horizon_days=92).fit(cohorts())
+    test = cohorts(seed=6)
+    pred = model.predict(test, dt.datetime(2011, 7, 1, tzinfo=UTC))
+    assert value_metrics(test["spend"].to_numpy(), pred["predicted_value"].to_numpy())["top10_revenue_share"] > 0.15
+    active = pred.iloc[:200]
+    assert (active["predicted_orders"] > 1).mean() > 0.9
+    assert active["expected_next_order_date"].notna().all()
+    model.set_tiers(pred["predicted_value"].to_numpy())
+    model.save(tmp_path / "ltv", card("ltv", "ltv_v1"))
+    again = LTVModel.load(tmp_path / "ltv")
+    pd.testing.assert_frame_equal(again.predict(test, dt.datetime(2011, 7, 1, tzinfo=UTC)), model.predict(test, dt.datetime(2011, 7, 1, tzinfo=UTC)))
+
+
+def test_snapshot_plan_keeps_every_label_window_before_as_of() -> None:
+    first = dt.datetime(2010, 12, 1, 8, tzinfo=UTC)
+    plan = plan_snapshots(first, dt.date(2011, 7, 1), 92)
+    assert plan.holdout == dt.datetime(2011, 3, 25, tzinfo=UTC)  # 14 weekly steps back: 98 >= 92 days
+    assert all(t + dt.timedelta(days=92) <= dt.datetime(2011, 7, 1, tzinfo=UTC) for t in plan.all)
+    assert all(t >= first + dt.timedelta(days=56) for t in plan.train)
+    assert [(b - a).days for a, b in zip(plan.all, plan.all[1:])] == [14] * len(plan.train)
+    with pytest.raises(TooLittleHistoryError, match="first order is on 2011-05-01"):
+        plan_snapshots(dt.datetime(2011, 5, 1, tzinfo=UTC), dt.date(2011, 7, 1), 92)
+
+
+def test_labels_count_only_the_window() -> None:
+    ts = pd.to_datetime(["2011-01-01", "2011-01-10", "2011-02-01", "2011-05-01"], utc=True)
+    lines = pd.DataFrame({"customer_id": [1, 1, 2, 1], "invoice_no": ["a", "b", "c", "d"], "amount": [10.0, 20.0, 5.0, 99.0], "invoice_ts": ts})
+    t = dt.datetime(2011, 1, 5, tzinfo=UTC)
+    assert population(lines, t).tolist() == [1]
+    lab = labels(lines, np.array([1, 2]), t, 20)  # [5 Jan, 25 Jan): not 1 Feb, not 1 May
+    assert lab.loc[1, "spend"] == 20.0 and lab.loc[1, "orders"] == 1 and lab.loc[1, "churned"] == 0
+    assert lab.loc[2, "spend"] == 0.0 and lab.loc[2, "churned"] == 1

@@ -1,0 +1,79 @@
+"""The MLflow registry path on a real (temporary, SQLite-backed) tracking store: register, gate, promote, roll back."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from tests.test_customer_models import card, cohorts
+from training import registry
+from training.churn import ChurnModel, classification_metrics
+
+
+@pytest.fixture
+def mlruns(tmp_path: Path) -> Path:
+    registry.configure(tmp_path / "mlruns")
+    registry.experiment("patron-churn", tmp_path / "mlruns")
+    mlflow.set_experiment("patron-churn")
+    yield tmp_path / "mlruns"
+    mlflow.set_tracking_uri(None)
+
+
+def register(model: ChurnModel, tmp: Path, tag: str) -> str:
+    example = cohorts(n=10, seed=9).drop(columns=["churned", "spend", "orders", "past_spend"])
+    with mlflow.start_run(run_name=tag):
+        model.save(tmp / tag, card("churn", "churn_v1"))
+        _, version = registry.log_and_register(
+            "churn", tmp / tag, input_example=example, output_example=model.score(example, with_reasons=False)
+        )
+    return version
+
+
+def test_gate_promotes_only_a_challenger_at_least_as_good(mlruns: Path, tmp_path: Path) -> None:
+    hold = cohorts(seed=7)
+    y = hold["churned"].to_numpy()
+
+    def auc_of(directory: Path) -> float:
+        return classification_metrics(y, ChurnModel.load(directory).predict_proba(hold), probabilities=True)["roc_auc"]
+
+    good = ChurnModel().fit(cohorts(seed=1))
+    v1 = register(good, tmp_path, "good")
+    first = registry.gate("churn", v1, auc_of(tmp_path / "good"), auc_of)
+    assert first.promoted and "no champion yet" in first.reason
+
+    # A model trained on shuffled labels is worse on the same holdout: it must not replace the champion.
+    noisy = cohorts(seed=2)
+    noisy["churned"] = noisy["churned"].sample(frac=1.0, random_state=0).to_numpy()
+    bad = ChurnModel().fit(noisy)
+    v2 = register(bad, tmp_path, "bad")
+    second = registry.gate("churn", v2, auc_of(tmp_path / "bad"), auc_of)
+    assert not second.promoted and "kept the champion" in second.reason
+    client = mlflow.MlflowClient()
+    assert str(client.get_model_version_by_alias("churn", "champion").version) == v1
+    assert str(client.get_model_version_by_alias("churn", "challenger").version) == v2
+    assert client.get_model_version("churn", v2).tags["gate_decision"] == "rejected"
+
+    # By hand: promote the challenger, then roll back to the version it replaced.
+    assert registry.promote("churn", v2) == v1
+    assert str(client.get_model_version_by_alias("churn", "champion").version) == v2
+    assert registry.rollback("churn") == (v2, v1)
+    assert str(client.get_model_version_by_alias("churn", "champion").version) == v1
+    with pytest.raises(registry.RegistryError, match="replaced no earlier champion"):
+        registry.rollback("churn")
+    with pytest.raises(registry.RegistryError, match="has no version 99"):
+        registry.promote("churn", "99")
+
+
+def test_champion_loads_from_the_registry_by_alias(mlruns: Path, tmp_path: Path) -> None:
+    model = ChurnModel().fit(cohorts(seed=1))
+    v = register(model, tmp_path, "m")
+    registry.gate("churn", v, 1.0, lambda d: 0.0)
+    version, directory = registry.load_champion_dir("churn", tmp_path / "dl")
+    assert version == v
+    test = cohorts(seed=3)
+    assert (ChurnModel.load(directory).predict_proba(test) == model.predict_proba(test)).all()
+    pyfunc = mlflow.pyfunc.load_model("models:/churn@champion")
+    out = pyfunc.predict(test.drop(columns=["churned", "spend", "orders", "past_spend"]))
+    assert out["churn_probability"].to_numpy() == pytest.approx(model.predict_proba(test))

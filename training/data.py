@@ -1,0 +1,79 @@
+"""Order lines for training and evaluation, read from the committed canonical Parquet.
+
+One definition of a "valid purchase" is shared by labels, baselines and evaluation, so that every
+model and baseline is scored on exactly the same ground truth: a known customer, quantity > 0,
+unit price > 0, not a cancellation. Service lines (postage and the like) that a customer paid for
+count as purchases here, as they do in the shop's revenue.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from pathlib import Path
+
+import duckdb
+import pandas as pd
+
+from features.compute import to_utc
+from features.ingest import OrderStore
+
+VALID_PURCHASE_SQL = (
+    "customer_id IS NOT NULL AND quantity > 0 AND unit_price > 0 "
+    "AND NOT starts_with(invoice_no, 'C') AND line_class IN ('sale', 'non_product')"
+)
+
+
+class NoOrdersError(Exception):
+    """No committed order lines match the request."""
+
+
+def load_lines(
+    data_dir: Path,
+    *,
+    start: dt.date | dt.datetime | None = None,
+    end: dt.date | dt.datetime | None = None,
+    valid_only: bool = True,
+    columns: Sequence[str] = (
+        "customer_id",
+        "invoice_no",
+        "item_id",
+        "quantity",
+        "unit_price",
+        "amount",
+        "invoice_ts",
+        "line_class",
+    ),
+) -> pd.DataFrame:
+    """Order lines with ``start <= invoice_ts < end`` (either bound optional), oldest first."""
+    parts = OrderStore(data_dir).committed_parts("order_lines")
+    if not parts:
+        raise NoOrdersError(f"no order lines under {data_dir}: run `patron ingest` first")
+    where = [VALID_PURCHASE_SQL] if valid_only else []
+    params: dict = {}
+    if start is not None:
+        where.append("invoice_ts >= $start")
+        params["start"] = to_utc(start)
+    if end is not None:
+        where.append("invoice_ts < $end")
+        params["end"] = to_utc(end)
+    files = ", ".join("'" + str(p).replace("'", "''") + "'" for p in parts)
+    sql = f"SELECT {', '.join(columns)} FROM read_parquet([{files}])"
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    sql += " ORDER BY invoice_ts, invoice_no"
+    with duckdb.connect() as con:
+        con.execute("SET TimeZone = 'UTC'")
+        df = con.execute(sql, params).df()
+    if "customer_id" in df.columns and valid_only:
+        df["customer_id"] = df["customer_id"].astype("int64")
+    return df
+
+
+def window_outcomes(lines: pd.DataFrame, start: dt.datetime, horizon_days: int) -> pd.DataFrame:
+    """Per customer: spend and number of orders within [start, start + horizon)."""
+    start = to_utc(start)
+    end = start + dt.timedelta(days=horizon_days)
+    w = lines[(lines["invoice_ts"] >= start) & (lines["invoice_ts"] < end)]
+    out = w.groupby("customer_id").agg(spend=("amount", "sum"), orders=("invoice_no", "nunique"))
+    return out

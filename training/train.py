@@ -1,0 +1,273 @@
+"""Training runs for the customer models: frames from Feast, fit, evaluate against baselines on the
+holdout snapshot, log everything to MLflow, register, gate.
+
+The holdout is the latest snapshot whose label window ends by ``as_of``; candidates are scored on
+it after being fitted on earlier snapshots only. The registered model is then refitted on all
+labelled snapshots (holdout included), so that it has seen the most recent behaviour.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+
+from features.compute import to_utc
+from training import plots, registry
+from training.base import ModelCard
+from training.churn import FEATURE_SERVICE as CHURN_SERVICE
+from training.churn import ChurnModel, classification_metrics, recency_baseline, rfm_logistic
+from training.data import load_lines
+from training.frames import SnapshotPlan, TooLittleHistoryError, build_frame, plan_snapshots
+from training.ltv import FEATURE_SERVICE as LTV_SERVICE
+from training.ltv import LTVModel, tier_table, value_metrics
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    data_dir: Path
+    feature_repo: Path
+    mlruns: Path
+    as_of: dt.datetime
+    horizon_days: int
+    online_store: str = "sqlite"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    seed: int = 0
+
+
+@dataclass
+class TrainResult:
+    kind: str
+    version: str
+    promoted: bool
+    reason: str
+    metrics: dict[str, float]
+    baselines: dict[str, dict[str, float]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+def _card(kind: str, service: str, spec: TrainSpec, plan: SnapshotPlan | None, notes: list[str]) -> ModelCard:
+    return ModelCard(
+        kind=kind,
+        feature_service=service,
+        as_of=spec.as_of.isoformat(),
+        horizon_days=spec.horizon_days,
+        trained_at=dt.datetime.now(dt.timezone.utc).isoformat(),
+        params={"snapshots": [t.date().isoformat() for t in plan.all] if plan else [], "seed": spec.seed},
+        notes=notes,
+    )
+
+
+def _store(spec: TrainSpec):
+    from features.store import latest_snapshot, open_store
+
+    snap = latest_snapshot(spec.feature_repo, spec.as_of)
+    if snap != spec.as_of:
+        raise ValueError(
+            f"feature tables end at {snap.date()}, training needs snapshots up to {spec.as_of.date()}: "
+            f"run `patron features build --as-of {spec.as_of.date()}`"
+        )
+    return open_store(spec.feature_repo, spec.online_store, spec.redis_url)
+
+
+def customer_frames(spec: TrainSpec) -> tuple[SnapshotPlan | None, pd.DataFrame | None, pd.DataFrame, list[str]]:
+    """(plan, labelled frame or None when history is too short, scoring frame at as_of, notes)."""
+    lines = load_lines(spec.data_dir, end=spec.as_of)
+    if lines.empty:
+        raise TooLittleHistoryError(f"no valid purchases before {spec.as_of.date()}")
+    store = _store(spec)
+    notes: list[str] = []
+    try:
+        plan = plan_snapshots(lines["invoice_ts"].min(), spec.as_of, spec.horizon_days)
+        labelled = build_frame(store, lines, plan.all, spec.horizon_days, CHURN_SERVICE)
+    except TooLittleHistoryError as exc:
+        plan, labelled = None, None
+        notes.append(f"label-free fallback (BG/NBD + Gamma-Gamma): {exc}")
+        log.warning("history too short for supervised models: %s", exc)
+    scoring = build_frame(store, lines, [spec.as_of], spec.horizon_days, CHURN_SERVICE, with_labels=False)
+    return plan, labelled, scoring, notes
+
+
+def _log_frame_info(spec: TrainSpec, plan: SnapshotPlan | None, labelled: pd.DataFrame | None, service: str) -> None:
+    mlflow.log_params(
+        {
+            "as_of": spec.as_of.date().isoformat(),
+            "horizon_days": spec.horizon_days,
+            "feature_service": service,
+            "holdout_snapshot": plan.holdout.date().isoformat() if plan else "none",
+            "train_snapshots": ",".join(t.date().isoformat() for t in plan.train) if plan else "none",
+            "seed": spec.seed,
+        }
+    )
+    if labelled is not None:
+        mlflow.log_metrics({"frame_rows": len(labelled), "frame_customers": labelled["customer_id"].nunique()})
+
+
+def train_churn(spec: TrainSpec, plan, labelled, scoring, notes) -> TrainResult:
+    registry.experiment("patron-churn", spec.mlruns)
+    mlflow.set_experiment("patron-churn")
+    with mlflow.start_run(run_name=f"churn as of {spec.as_of.date()}"):
+        _log_frame_info(spec, plan, labelled, CHURN_SERVICE)
+        baselines: dict[str, dict[str, float]] = {}
+        if labelled is None:
+            model = ChurnModel(label_free=True)
+            metrics: dict[str, float] = {}
+            champion_scorer = None
+        else:
+            train = labelled[labelled["snapshot"] < pd.Timestamp(plan.holdout)]
+            hold = labelled[labelled["snapshot"] == pd.Timestamp(plan.holdout)]
+            y = hold["churned"].to_numpy()
+            t0 = time.perf_counter()
+            candidate = ChurnModel().fit(train, seed=spec.seed)
+            mlflow.log_metric("fit_seconds", time.perf_counter() - t0)
+            p = candidate.predict_proba(hold)
+            metrics = classification_metrics(y, p, probabilities=True)
+            rfm = rfm_logistic(train)
+            scores = {
+                "model": p,
+                "recency only": recency_baseline(hold),
+                "RFM logistic": rfm(hold),
+                "BG/NBD (label-free)": ChurnModel(label_free=True).predict_proba(hold),
+            }
+            for name, s in scores.items():
+                if name == "model":
+                    continue
+                baselines[name] = classification_metrics(y, s, probabilities=name != "recency only")
+            mlflow.log_metrics({f"holdout_{k}": v for k, v in metrics.items()})
+            for name, m in baselines.items():
+                key = name.lower().replace(" ", "_").replace("/", "").replace("(", "").replace(")", "").replace("-", "_")
+                mlflow.log_metrics({f"baseline_{key}_{k}": v for k, v in m.items()})
+            mlflow.log_metric("holdout_churn_rate", float(y.mean()))
+            mlflow.log_figure(plots.roc(y, scores), "plots/roc.png")
+            mlflow.log_figure(plots.calibration(y, p), "plots/calibration.png")
+            mlflow.log_figure(plots.gains(y.astype(float), scores, "Churners captured (holdout)"), "plots/gains.png")
+            imp = _importances(candidate, hold)
+            mlflow.log_dict(imp, "importances.json")
+            model = ChurnModel().fit(labelled, seed=spec.seed)
+
+            def champion_scorer(directory: Path) -> float:
+                champ = ChurnModel.load(directory)
+                return classification_metrics(y, champ.predict_proba(hold), probabilities=True)["roc_auc"]
+
+        with tempfile.TemporaryDirectory() as tmp:
+            model_dir = Path(tmp) / "churn"
+            model.save(model_dir, _card("churn", CHURN_SERVICE, spec, plan, notes))
+            example = scoring.head(5)[["customer_id", "country", *[c for c in model.matrix(scoring).columns if c != "country_code"]]]
+            _, version = registry.log_and_register("churn", model_dir, input_example=example, output_example=model.score(example, with_reasons=False))
+        mlflow.set_tags({"notes": " | ".join(notes) or "supervised", "label_free": str(model.label_free)})
+        if champion_scorer is None:
+            decision = registry.gate("churn", version, float("-inf"), lambda d: float("-inf"))
+        else:
+            decision = registry.gate("churn", version, metrics["roc_auc"], champion_scorer)
+        mlflow.set_tag("gate_reason", decision.reason)
+    return TrainResult("churn", version, decision.promoted, decision.reason, metrics, baselines, notes)
+
+
+def _importances(model: ChurnModel, hold: pd.DataFrame) -> dict[str, float]:
+    """Permutation importance on the holdout: drop in AUC when a feature is shuffled."""
+    from sklearn.inspection import permutation_importance
+
+    x = model.matrix(hold)
+    r = permutation_importance(model.classifier, x, hold["churned"], scoring="roc_auc", n_repeats=3, random_state=0)
+    return dict(sorted(((c, float(v)) for c, v in zip(x.columns, r.importances_mean)), key=lambda kv: -kv[1]))
+
+
+def train_ltv(spec: TrainSpec, plan, labelled, scoring, notes) -> TrainResult:
+    registry.experiment("patron-ltv", spec.mlruns)
+    mlflow.set_experiment("patron-ltv")
+    with mlflow.start_run(run_name=f"ltv as of {spec.as_of.date()}"):
+        _log_frame_info(spec, plan, labelled, LTV_SERVICE)
+        baselines: dict[str, dict[str, float]] = {}
+        metrics: dict[str, float] = {}
+        champion_scorer = None
+        if labelled is None:
+            model = LTVModel(horizon_days=spec.horizon_days, label_free=True)
+        else:
+            train = labelled[labelled["snapshot"] < pd.Timestamp(plan.holdout)]
+            hold = labelled[labelled["snapshot"] == pd.Timestamp(plan.holdout)]
+            actual = hold["spend"].to_numpy()
+            t0 = time.perf_counter()
+            candidate = LTVModel(horizon_days=spec.horizon_days).fit(train, seed=spec.seed)
+            mlflow.log_metric("fit_seconds", time.perf_counter() - t0)
+            pred = candidate.predict(hold, plan.holdout)
+            metrics = value_metrics(actual, pred["predicted_value"].to_numpy())
+            metrics["orders_mae"] = float(np.mean(np.abs(hold["orders"].to_numpy() - pred["predicted_orders"].to_numpy())))
+            candidate.set_tiers(pred["predicted_value"].to_numpy())
+            tiers = candidate.predict(hold, plan.holdout)["tier"].to_numpy()
+            table = tier_table(actual, tiers)
+            means = table["mean_actual_spend"].to_numpy()
+            metrics["tiers_strictly_ordered"] = float(bool(np.all(np.diff(means) < 0)))
+            scores = {
+                "model": pred["predicted_value"].to_numpy(),
+                "past spend": hold["past_spend"].to_numpy(),
+                "total spend": hold["monetary_total"].to_numpy(),
+                "BG/NBD + Gamma-Gamma": hold["bg_expected_value"].to_numpy(),
+            }
+            for name, s in scores.items():
+                if name != "model":
+                    baselines[name] = value_metrics(actual, s)
+            mlflow.log_metrics({f"holdout_{k}": v for k, v in metrics.items()})
+            for name, m in baselines.items():
+                key = name.lower().replace(" ", "_").replace("/", "").replace("+", "").replace("-", "_").replace("__", "_")
+                mlflow.log_metrics({f"baseline_{key}_{k}": v for k, v in m.items()})
+            mlflow.log_figure(plots.deciles(actual, pred["predicted_value"].to_numpy()), "plots/deciles.png")
+            mlflow.log_figure(plots.gains(actual, scores, "Revenue captured (holdout)"), "plots/gains.png")
+            mlflow.log_table(table.reset_index(), "tier_table.json")
+            model = LTVModel(horizon_days=spec.horizon_days).fit(labelled, seed=spec.seed)
+
+            def champion_scorer(directory: Path) -> float:
+                champ = LTVModel.load(directory)
+                return value_metrics(actual, champ.predict(hold, plan.holdout)["predicted_value"].to_numpy())["spearman"]
+
+        # Tier cut-offs come from the distribution of predicted values over today's customers.
+        model.set_tiers(model.predict(scoring, spec.as_of)["predicted_value"].to_numpy())
+        mlflow.log_dict({"cutoffs": dict(zip(["platinum", "gold", "silver"], model.cutoffs))}, "tier_cutoffs.json")
+        with tempfile.TemporaryDirectory() as tmp:
+            model_dir = Path(tmp) / "ltv"
+            model.save(model_dir, _card("ltv", LTV_SERVICE, spec, plan, notes))
+            cols = ["customer_id", "country", *[c for c in model.matrix(scoring).columns if c != "country_code"]]
+            example = scoring.head(5)[cols]
+            out = model.predict(example, spec.as_of).drop(columns=["expected_next_order_date"])
+            _, version = registry.log_and_register("ltv", model_dir, input_example=example, output_example=out)
+        mlflow.set_tags({"notes": " | ".join(notes) or "supervised", "label_free": str(model.label_free)})
+        decision = registry.gate("ltv", version, metrics.get("spearman", float("-inf")), champion_scorer or (lambda d: float("-inf")))
+        mlflow.set_tag("gate_reason", decision.reason)
+    return TrainResult("ltv", version, decision.promoted, decision.reason, metrics, baselines, notes)
+
+
+def train_customer_models(spec: TrainSpec, kinds: tuple[str, ...] = ("churn", "ltv")) -> list[TrainResult]:
+    registry.configure(spec.mlruns)
+    plan, labelled, scoring, notes = customer_frames(spec)
+    out = []
+    if "churn" in kinds:
+        out.append(train_churn(spec, plan, labelled, scoring, notes))
+    if "ltv" in kinds:
+        out.append(train_ltv(spec, plan, labelled, scoring, notes))
+    return out
+
+
+def results_json(results: list[TrainResult]) -> str:
+    return json.dumps([r.__dict__ for r in results], indent=2, default=str)
+
+
+def spec_for(settings, as_of: dt.date | dt.datetime, horizon_days: int) -> TrainSpec:
+    paths = settings.paths()
+    return TrainSpec(
+        data_dir=paths.data,
+        feature_repo=paths.feature_repo,
+        mlruns=paths.mlruns,
+        as_of=to_utc(as_of),
+        horizon_days=horizon_days,
+        online_store=settings.online_store,
+        redis_url=settings.redis_url,
+    )
