@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import os
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
@@ -60,6 +61,8 @@ def _fail(message: str, code: int = 2) -> None:
 @app.callback()
 def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress details.")] = False) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # The command line draws its own progress; MLflow's per-file download bars are noise here.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 @app.command()
@@ -317,17 +320,22 @@ def run_training(settings: PatronSettings, kinds: tuple[str, ...], as_of: dt.dat
     return results
 
 
+def metrics_table(title: str, metrics: dict[str, float], baselines: dict[str, dict[str, float]]) -> Table:
+    """The model's metrics and each baseline's, one row each, one column per metric."""
+    table = Table(title=title)
+    table.add_column("model / baseline")
+    keys = sorted({k for m in [metrics, *baselines.values()] for k in m})
+    for k in keys:
+        table.add_column(k, justify="right")
+    table.add_row("[bold]model", *[f"{metrics[k]:.4f}" if k in metrics else "" for k in keys])
+    for name, m in baselines.items():
+        table.add_row(name, *[f"{m[k]:.4f}" if k in m else "" for k in keys])
+    return table
+
+
 def show_results(results: list) -> None:
     for r in results:
-        table = Table(title=f"{r.kind} v{r.version}: {'champion' if r.promoted else 'challenger'}")
-        table.add_column("model / baseline")
-        keys = sorted({k for m in [r.metrics, *r.baselines.values()] for k in m})
-        for k in keys:
-            table.add_column(k, justify="right")
-        table.add_row("[bold]model", *[f"{r.metrics[k]:.4f}" if k in r.metrics else "" for k in keys])
-        for name, m in r.baselines.items():
-            table.add_row(name, *[f"{m[k]:.4f}" if k in m else "" for k in keys])
-        console.print(table)
+        console.print(metrics_table(f"{r.kind} v{r.version}: {'champion' if r.promoted else 'challenger'}", r.metrics, r.baselines))
         console.print(f"gate: {r.reason}")
         for note in r.notes:
             console.print(f"[yellow]note:[/] {note}")
@@ -382,3 +390,71 @@ def export(
     for name, rows in result.files.items():
         console.print(f"{out / name}: {rows:,} rows")
     console.print("models: " + ", ".join(f"{k} v{v}" for k, v in result.versions.items()))
+
+
+pipeline_app = typer.Typer(help="The retraining pipeline.", no_args_is_help=True)
+app.add_typer(pipeline_app, name="pipeline")
+
+
+@pipeline_app.command("run")
+def pipeline_run(
+    source: Annotated[list[Path], typer.Option("--source", help="Files or folders of order exports.")],
+    as_of: RequiredAsOf,
+    horizon_days: HorizonOpt = 90,
+    home: HomeOpt = None,
+    online_store: StoreOpt = None,
+) -> None:
+    """ingest -> features -> apply -> materialize -> train all -> evaluate -> gate -> register; reruns continue."""
+    from features.ingest import IngestError
+    from pipelines.pipeline import run_pipeline
+    from training.frames import TooLittleHistoryError
+
+    settings = _settings(home, online_store)
+
+    def on_step(step: str, state: str) -> None:
+        console.print(f"[bold]{step}[/]: {state}")
+
+    try:
+        result = run_pipeline(settings, source, as_of, horizon_days, on_step=on_step)
+    except (IngestError, TooLittleHistoryError, ValueError) as exc:
+        _fail(str(exc))
+        return
+    for k, v in result.details.items():
+        if k.startswith("train_"):
+            console.print(f"{k}: v{v['version']} — {v['reason']}")
+    console.print(f"ran: {', '.join(result.ran)}" + (f"; skipped: {', '.join(result.skipped)}" if result.skipped else ""))
+
+
+@app.command()
+def evaluate(
+    kind: Annotated[ModelKind, typer.Argument(help="churn | ltv | recs | all")],
+    as_of: RequiredAsOf,
+    horizon_days: HorizonOpt = 90,
+    home: HomeOpt = None,
+) -> None:
+    """Backtest: score the champions as of --as-of against what customers did in the following window."""
+    from pipelines.evaluate import WindowNotObservedError, evaluate_customer_models
+    from training.registry import RegistryError
+    from training.train import spec_for
+
+    settings = _settings(home)
+    spec = spec_for(settings, as_of, horizon_days)
+    kinds = _kinds(kind)
+    results = []
+    try:
+        customer = tuple(k for k in kinds if k in ("churn", "ltv"))
+        if customer:
+            results += evaluate_customer_models(spec, customer)
+        if "recs" in kinds:
+            try:
+                from training.recs_train import evaluate_recommender
+            except ImportError:
+                _fail("the recommender is not built yet; churn and ltv are")
+            results.append(evaluate_recommender(spec))
+    except (WindowNotObservedError, RegistryError, ValueError) as exc:
+        _fail(str(exc))
+    for ev in results:
+        title = f"backtest {ev.kind} v{ev.version}: as of {spec.as_of.date()}, next {horizon_days} days"
+        console.print(metrics_table(title, ev.metrics, ev.baselines))
+        for name, t in ev.tables.items():
+            console.print(t.to_string())

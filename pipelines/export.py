@@ -49,7 +49,7 @@ LTV_SCHEMA = pa.schema(
 
 
 def export_customer_scores(spec: TrainSpec, out_dir: Path) -> ExportResult:
-    registry.configure(spec.mlruns)
+    registry.configure(spec.mlruns, spec.mlflow_uri)
     out_dir.mkdir(parents=True, exist_ok=True)
     _, _, scoring, _ = customer_frames(spec)
     files: dict[str, int] = {}

@@ -77,3 +77,28 @@ def test_champion_loads_from_the_registry_by_alias(mlruns: Path, tmp_path: Path)
     pyfunc = mlflow.pyfunc.load_model("models:/churn@champion")
     out = pyfunc.predict(test.drop(columns=["churned", "spend", "orders", "past_spend"]))
     assert out["churn_probability"].to_numpy() == pytest.approx(model.predict_proba(test))
+
+
+def test_registry_on_a_postgres_backed_tracking_store(tmp_path: Path) -> None:
+    """The scale path: the same registry code on PostgreSQL (the local server, a fresh database)."""
+    import uuid
+
+    import psycopg
+
+    admin = "postgresql://postgres@127.0.0.1:5432/postgres"
+    db = f"patron_test_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(admin, autocommit=True) as con:
+        con.execute(f"CREATE DATABASE {db}")
+    try:
+        registry.configure(tmp_path / "mlruns", f"postgresql+psycopg://postgres@127.0.0.1:5432/{db}")
+        registry.experiment("patron-churn", tmp_path / "mlruns")
+        mlflow.set_experiment("patron-churn")
+        model = ChurnModel().fit(cohorts(seed=1))
+        v = register(model, tmp_path, "pg")
+        assert registry.gate("churn", v, 0.9, lambda d: 0.0).promoted
+        version, directory = registry.load_champion_dir("churn", tmp_path / "dl")
+        assert version == v and (directory / "model_card.json").exists()
+    finally:
+        mlflow.set_tracking_uri(None)
+        with psycopg.connect(admin, autocommit=True) as con:
+            con.execute(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")

@@ -63,12 +63,13 @@ def configure(mlruns: Path, override: str | None = None) -> MlflowClient:
 
 
 def experiment(name: str, mlruns: Path) -> str:
-    """Experiment id; artifacts of a local store go under mlruns/artifacts."""
+    """Experiment id; without a tracking server, artifacts go under mlruns/artifacts."""
     exp = mlflow.get_experiment_by_name(name)
     if exp is not None:
         return exp.experiment_id
     location = None
-    if mlflow.get_tracking_uri().startswith("sqlite:"):
+    if not mlflow.get_tracking_uri().startswith(("http://", "https://", "databricks")):
+        # A database-backed store without a tracking server: artifacts beside it, in the state dir.
         location = (mlruns / "artifacts" / name).as_uri()
     return mlflow.create_experiment(name, artifact_location=location)
 
@@ -236,8 +237,3 @@ def load_champion_dir(kind: str, dest: Path) -> tuple[str, Path]:
     if version is None:
         raise RegistryError(f"no champion for {name}: run `patron train {kind}` first")
     return version, download_model_dir(client, name, version, dest)
-
-
-def env_quiet() -> None:
-    """MLflow's own start-up chatter is noise on the command line."""
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")

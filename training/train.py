@@ -42,6 +42,7 @@ class TrainSpec:
     horizon_days: int
     online_store: str = "sqlite"
     redis_url: str = "redis://127.0.0.1:6379/0"
+    mlflow_uri: str | None = None
     seed: int = 0
 
 
@@ -246,7 +247,7 @@ def train_ltv(spec: TrainSpec, plan, labelled, scoring, notes) -> TrainResult:
 
 
 def train_customer_models(spec: TrainSpec, kinds: tuple[str, ...] = ("churn", "ltv")) -> list[TrainResult]:
-    registry.configure(spec.mlruns)
+    registry.configure(spec.mlruns, spec.mlflow_uri)
     plan, labelled, scoring, notes = customer_frames(spec)
     out = []
     if "churn" in kinds:
@@ -270,4 +271,5 @@ def spec_for(settings, as_of: dt.date | dt.datetime, horizon_days: int) -> Train
         horizon_days=horizon_days,
         online_store=settings.online_store,
         redis_url=settings.redis_url,
+        mlflow_uri=settings.mlflow_uri,
     )
