@@ -16,7 +16,6 @@ import os
 import platform
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -107,8 +106,8 @@ def main() -> None:
     peak = max(max(r["ingest_peak_mib"], r["build_peak_mib"]) for r in runs)
     print(f"machine: {machine()}")
     print(f"command: python benchmarks/ingest_features.py {' '.join(sys.argv[1:])}")
-    print(f"| data | lines | runs | ingest s (median) | features build s (median) | total s (median) | peak RSS MiB (max) |")
-    print(f"|---|---:|---:|---:|---:|---:|---:|")
+    print("| data | lines | runs | ingest s (median) | features build s (median) | total s (median) | peak RSS MiB (max) |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     print(
         f"| {args.data} | {runs[0]['rows_in']:,} | {len(runs)} | {med['ingest_s']:.1f} | {med['build_s']:.1f} | "
         f"{med['total_s']:.1f} | {peak:,.0f} |"

@@ -738,7 +738,7 @@ def _flush(
         return
     # Two files of one batch can share a name; classify under a unique key, report the real path.
     keyed = []
-    for k, (path, digest, raw) in enumerate(pending):
+    for k, (path, _digest, raw) in enumerate(pending):
         key = f"{k}\x1f{path.name}"
         frame = raw.frame.set_column(
             raw.frame.schema.get_field_index("source_file"), "source_file", pa.array([key] * raw.frame.num_rows, pa.string())

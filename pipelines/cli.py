@@ -308,10 +308,7 @@ def run_training(settings: PatronSettings, kinds: tuple[str, ...], as_of: dt.dat
             with console.status(f"training {', '.join(customer)} as of {spec.as_of.date()}"):
                 results += train_customer_models(spec, customer)
         if "recs" in kinds:
-            try:
-                from training.recs_train import train_recommender
-            except ImportError:
-                _fail("the recommender's training is not built yet; churn and ltv are")
+            from training.recs_train import train_recommender
 
             with console.status(f"training the recommender as of {spec.as_of.date()}"):
                 results.append(train_recommender(spec))
@@ -446,15 +443,13 @@ def evaluate(
         if customer:
             results += evaluate_customer_models(spec, customer)
         if "recs" in kinds:
-            try:
-                from training.recs_train import evaluate_recommender
-            except ImportError:
-                _fail("the recommender is not built yet; churn and ltv are")
+            from training.recs_train import evaluate_recommender
+
             results.append(evaluate_recommender(spec))
     except (WindowNotObservedError, RegistryError, ValueError) as exc:
         _fail(str(exc))
     for ev in results:
         title = f"backtest {ev.kind} v{ev.version}: as of {spec.as_of.date()}, next {horizon_days} days"
         console.print(metrics_table(title, ev.metrics, ev.baselines))
-        for name, t in ev.tables.items():
-            console.print(t.to_string())
+        for table in ev.tables.values():
+            console.print(table.to_string())

@@ -6,7 +6,6 @@ store's point-in-time view, so an export for a past date is reproducible).
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import os
 import tempfile
@@ -73,12 +72,7 @@ def export_customer_scores(spec: TrainSpec, out_dir: Path) -> ExportResult:
 def export_all(spec: TrainSpec, out_dir: Path) -> ExportResult:
     """All four files of the export contract; recommendation files come from the recommender."""
     result = export_customer_scores(spec, out_dir)
-    try:
-        from training.recs_train import export_recommendations
-    except ImportError as exc:
-        raise ValueError(
-            "churn.parquet and ltv.parquet are written; the recommendation files are not: the recommender is not built yet"
-        ) from exc
+    from training.recs_train import export_recommendations
 
     rec = export_recommendations(spec, out_dir)
     return ExportResult({**result.files, **rec.files}, {**result.versions, **rec.versions})

@@ -10,7 +10,6 @@ champion is remembered in a tag so that a rollback needs no version number.
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import tempfile
 from collections.abc import Callable

@@ -1,0 +1,318 @@
+"""Recommenders and their evaluation, on tiny order histories with known answers.
+
+Everything runs offline on data made here (a socket guard fails any network use).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+import socket
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from training.recs import Recommender, TreeEnsemble, load_model
+from training.recs_baselines import (
+    ALSRecommender,
+    BuyAgainRecommender,
+    EASERecommender,
+    FormatVersionError,
+    PopularityRecommender,
+    REC_COLUMNS,
+)
+from training.recs_eval import evaluate, ground_truth, ndcg_at_k, recall_at_k, seen_items
+
+AS_OF = dt.date(2011, 7, 1)
+START = pd.Timestamp("2011-01-03", tz="UTC")
+# a small, fast configuration for tiny data (the defaults are tuned for a real shop)
+FAST = dict(label_days=30, extra_windows=(), als_factors=8, als_iterations=10, ease_lam=5.0, ease_min_buyers=1,
+            rk_max_iter=30, rk_min_samples_leaf=5, n_cop=20, n_als=20, n_ease=20)
+
+
+@pytest.fixture(autouse=True)
+def no_network(monkeypatch):
+    def refuse(*a, **k):
+        raise AssertionError("a recommender test tried to use the network")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+
+
+def make_lines(rows: list[tuple[int, str, str, pd.Timestamp]]) -> pd.DataFrame:
+    """(customer, invoice, item, timestamp) -> order lines in the shape of training.data.load_lines."""
+    df = pd.DataFrame(rows, columns=["customer_id", "invoice_no", "item_id", "invoice_ts"])
+    df["customer_id"] = df["customer_id"].astype("int64")
+    df["quantity"] = 1
+    df["unit_price"] = 1.0
+    df["amount"] = 1.0
+    df["line_class"] = np.where(df["item_id"] == "POST", "non_product", "sale")
+    df["invoice_ts"] = pd.to_datetime(df["invoice_ts"], utc=True).astype("datetime64[us, UTC]")
+    cols = ["customer_id", "invoice_no", "item_id", "quantity", "unit_price", "amount", "invoice_ts", "line_class"]
+    return df[cols].sort_values(["invoice_ts", "invoice_no"], kind="stable").reset_index(drop=True)
+
+
+def cluster_lines() -> tuple[pd.DataFrame, set[str], set[str]]:
+    """Two groups of 12 customers buying from two disjoint groups of 8 items, every ~9 days for half
+    a year; items 6..8 of each group are sold from day 140 on (so that customers discover new items
+    within the ranker's training window). Customer 1 (group A) only ever buys A1..A5."""
+    rng = np.random.default_rng(7)
+    group_a = {f"A{i}" for i in range(1, 9)}
+    group_b = {f"B{i}" for i in range(1, 9)}
+    rows, inv = [], 0
+    for g, (custs, items) in enumerate([(range(1, 13), sorted(group_a)), (range(101, 113), sorted(group_b))]):
+        for c in custs:
+            for day in range(int(rng.integers(0, 5)), 178, 9):
+                inv += 1
+                allowed = items[:5] if c == 1 or day < 140 else items
+                basket = rng.choice(allowed, size=min(4, len(allowed)), replace=False)
+                for it in basket:
+                    rows.append((c, f"{inv:06d}", str(it), START + pd.Timedelta(days=day, hours=int(c % 7))))
+    return make_lines(rows), group_a, group_b
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    return cluster_lines()
+
+
+@pytest.fixture(scope="module")
+def fitted(cluster):
+    lines, _, _ = cluster
+    return {
+        "recommender": Recommender(**FAST).fit(lines, AS_OF),
+        "ease": EASERecommender(lam=5.0, min_buyers=1).fit(lines, AS_OF),
+        "als": ALSRecommender(factors=8, iterations=10).fit(lines, AS_OF),
+        "buy_again": BuyAgainRecommender().fit(lines, AS_OF),
+        "popularity": PopularityRecommender().fit(lines, AS_OF),
+    }
+
+
+def items_of(recs: pd.DataFrame, customer: int) -> list[str]:
+    r = recs[recs["customer_id"] == customer].sort_values("rank")
+    return r["item_id"].tolist()
+
+
+# ------------------------------------------------------------------------------------------ metrics
+
+
+def test_recall_and_ndcg_hand_computed():
+    assert recall_at_k(["a", "b", "c"], {"a", "c"}) == 1.0
+    assert ndcg_at_k(["a", "b", "c"], {"a", "c"}) == pytest.approx((1 + 0.5) / (1 + 1 / math.log2(3)))
+    assert ndcg_at_k(["b", "a"], {"a"}, k=20) == pytest.approx(1 / math.log2(3))
+    assert recall_at_k(["b", "a"], {"a", "x", "y"}, k=1) == 0.0
+    assert recall_at_k(["a", "b"], {"a", "x", "y"}, k=2) == 0.5  # min(2, 3) = 2
+    assert recall_at_k([], {"a"}) == 0.0 and recall_at_k(["a"], set()) == 0.0
+    # min(20, |truth|): 25 relevant items, 20 of them listed -> perfect
+    truth = {f"t{i}" for i in range(25)}
+    assert recall_at_k([f"t{i}" for i in range(20)], truth) == 1.0
+    assert ndcg_at_k([f"t{i}" for i in range(20)], truth) == pytest.approx(1.0)
+    half = [f"t{i}" for i in range(10)] + [f"z{i}" for i in range(10)]
+    assert recall_at_k(half, truth) == 0.5
+    idcg = sum(1 / math.log2(i + 2) for i in range(20))
+    assert ndcg_at_k(half, truth) == pytest.approx(sum(1 / math.log2(i + 2) for i in range(10)) / idcg)
+    # an item listed twice counts once
+    assert recall_at_k(["a", "a"], {"a", "b"}) == 0.5
+
+
+def test_evaluate_averages_over_customers_with_truth():
+    recs = pd.DataFrame({"customer_id": [1, 1, 2], "rank": [1, 2, 1], "item_id": ["x", "y", "q"],
+                         "score": [1.0, 0.5, 1.0], "source": "test"})
+    truth = {1: frozenset({"y"}), 2: frozenset({"q", "r"}), 3: frozenset({"s"}), 4: frozenset()}
+    out = evaluate(recs, truth, k=20)
+    # customer 1: recall 1, ndcg 1/log2(3); customer 2: 1/2, ndcg 1/(1 + 1/log2(3)); 3: no list -> 0; 4 skipped
+    assert out["customers"] == 3
+    assert out["recall@20"] == pytest.approx((1 + 0.5 + 0) / 3)
+    assert out["ndcg@20"] == pytest.approx((1 / math.log2(3) + 1 / (1 + 1 / math.log2(3)) + 0) / 3)
+    with pytest.raises(ValueError, match="already bought"):
+        evaluate(recs, truth, exclude={1: frozenset({"x"})})
+
+
+def test_ground_truth_protocol():
+    t = lambda d: pd.Timestamp(d, tz="UTC")  # noqa: E731
+    lines = make_lines([
+        (1, "1", "X", t("2011-06-01")), (1, "2", "Y", t("2011-06-02")), (2, "3", "Y", t("2011-06-03")),
+        (1, "4", "X", t("2011-07-05")),  # repeat
+        (1, "4", "Y", t("2011-07-05")),  # repeat
+        (2, "5", "X", t("2011-07-06")),  # new to customer 2, existed before
+        (2, "5", "NEW", t("2011-07-06")),  # did not exist before as_of: never counted
+        (3, "6", "X", t("2011-07-07")),  # customer 3 had no purchase before: not in the population
+        (2, "7", "Y", t("2011-10-10")),  # after the horizon
+    ])
+    assert ground_truth(lines, AS_OF, 92) == {1: frozenset({"X", "Y"}), 2: frozenset({"X"})}
+    assert ground_truth(lines, AS_OF, 92, new_only=True) == {2: frozenset({"X"})}
+    assert ground_truth(lines, AS_OF, 3) == {}
+
+
+# ---------------------------------------------------------------------------------- known answers
+
+
+@pytest.mark.parametrize("name", ["recommender", "ease", "als"])
+def test_cluster_held_out_item_comes_first(fitted, cluster, name):
+    _, group_a, group_b = cluster
+    model = fitted[name]
+    disc = items_of(model.recommend([1, 2], k=5, new_only=True), 1)
+    assert disc[0] in {"A6", "A7", "A8"}
+    assert set(disc[:3]) == {"A6", "A7", "A8"}
+    rec = items_of(model.recommend([1, 101], k=5), 101)
+    assert not set(rec[:3]) & group_a
+
+
+def test_co_purchase_stays_in_its_cluster(fitted, cluster):
+    _, group_a, group_b = cluster
+    model = fitted["recommender"]
+    sim = model.similar_items("A1", k=5)
+    assert set(sim["item_id"][:3]) <= group_a - {"A1"}
+    assert (sim["source"][:3] == "co_purchase").all()
+    sess = model.for_session(["B1", "B2"], k=5)
+    assert set(sess["item_id"][:3]) <= group_b - {"B1", "B2"}
+    assert sess["reason_data"][0]["anchor_item"] in {"B1", "B2"}
+
+
+def test_similar_items_returns_the_partner_first():
+    rows, inv = [], 0
+    for c in range(1, 9):
+        for w in range(6):
+            inv += 1
+            ts = START + pd.Timedelta(days=7 * w + c)
+            rows += [(c, str(inv), "P", ts), (c, str(inv), "Q", ts), (c, str(inv), f"N{(c + w) % 10}", ts)]
+    lines = make_lines(rows)
+    model = Recommender(**FAST).fit(lines, START + pd.Timedelta(days=60))
+    sim = model.similar_items("P", k=3)
+    assert sim["item_id"][0] == "Q" and sim["source"][0] == "co_purchase"
+    assert model.similar_items("Q", k=3)["item_id"][0] == "P"
+    # an item nobody bought: the popular items, and the session list still fills k
+    assert (model.similar_items("UNKNOWN", k=3)["source"] == "popular").all()
+    assert len(model.for_session(["UNKNOWN"], k=4)) == 4
+
+
+def weekly_buyer_lines() -> pd.DataFrame:
+    """Customer 7 re-buys X every 7 days; other items once each. Others buy assorted items."""
+    rows, inv = [], 0
+    rng = np.random.default_rng(3)
+    for w in range(26):
+        inv += 1
+        ts = START + pd.Timedelta(days=7 * w)
+        rows.append((7, str(inv), "X", ts))
+        if w % 3 == 0:
+            rows.append((7, str(inv), f"O{w}", ts))
+        for c in range(20, 30):
+            inv += 1
+            for it in rng.choice([f"O{i}" for i in range(30)], size=3, replace=False):
+                rows.append((c, str(inv), str(it), ts + pd.Timedelta(hours=c)))
+    return make_lines(rows)
+
+
+@pytest.mark.parametrize("model", [BuyAgainRecommender(), Recommender(**FAST)], ids=["buy_again", "recommender"])
+def test_weekly_rebuy_is_recommended_first(model):
+    lines = weekly_buyer_lines()
+    model.fit(lines, AS_OF)
+    recs = model.recommend([7], k=10)
+    assert items_of(recs, 7)[0] == "X"
+    top = recs.iloc[0]
+    assert top["source"] == "buy_again"
+    assert top["reason_data"]["typical_interval_days"] == pytest.approx(7.0)
+    assert top["reason_data"]["times_bought"] == 26
+
+
+def test_discovery_lists_only_new_items_and_honours_k(fitted, cluster):
+    lines, _, _ = cluster
+    model = fitted["recommender"]
+    customers = sorted(lines["customer_id"].unique())
+    seen = seen_items(lines, AS_OF)
+    for k in (1, 3, 7):
+        disc = model.discovery(customers, k=k)
+        assert disc.groupby("customer_id").size().max() <= k
+        assert (disc.groupby("customer_id").size() == k).all()  # enough unseen items for everyone
+        assert not any(it in seen[c] for c, it in zip(disc["customer_id"], disc["item_id"]))
+        assert disc.groupby("customer_id")["rank"].apply(lambda r: list(r) == list(range(1, len(r) + 1))).all()
+
+
+def test_cold_start_gets_popular_items(fitted):
+    model = fitted["recommender"]
+    recs = model.recommend([999_999], k=4)
+    assert (recs["source"] == "popular").all() and len(recs) == 4
+    assert recs["item_id"].tolist() == model.popular(k=4)["item_id"].tolist()
+
+
+def test_renaming_customers_gives_the_same_lists(cluster):
+    lines, _, _ = cluster
+    ids = np.sort(lines["customer_id"].unique())
+    perm = dict(zip(ids, np.random.default_rng(1).permutation(ids + 5000)))
+    renamed = lines.assign(customer_id=lines["customer_id"].map(perm).astype("int64"))
+    for make in (lambda: Recommender(**FAST), lambda: ALSRecommender(factors=8, iterations=10)):
+        a = make().fit(lines, AS_OF)
+        b = make().fit(renamed, AS_OF)
+        for new_only in (False, True):
+            ra = a.recommend(ids, k=6, new_only=new_only)
+            rb = b.recommend([perm[c] for c in ids], k=6, new_only=new_only)
+            rb = rb.assign(customer_id=rb["customer_id"].map({v: k for k, v in perm.items()}))
+            pd.testing.assert_frame_equal(ra[["customer_id", "rank", "item_id", "source"]],
+                                          rb[["customer_id", "rank", "item_id", "source"]])
+            np.testing.assert_allclose(ra["score"], rb["score"], rtol=1e-6)
+
+
+# ------------------------------------------------------------------------------- contract, storage
+
+
+@pytest.mark.parametrize("name", ["recommender", "ease", "als", "buy_again", "popularity"])
+def test_contract_and_save_load_round_trip(fitted, cluster, tmp_path, name):
+    lines, _, _ = cluster
+    model = fitted[name]
+    customers = [1, 2, 101, 999_999]
+    for new_only in (False, True):
+        recs = model.recommend(customers, k=5, new_only=new_only)
+        assert list(recs.columns) == REC_COLUMNS
+        assert recs.groupby("customer_id").size().to_dict() == {c: 5 for c in customers}
+        assert recs["reason_data"].map(lambda d: isinstance(d, dict) and json.loads(json.dumps(d)) == d).all()
+    path = model.save(tmp_path / name)
+    assert not list(path.glob("*.pkl")) and not list(path.glob("*.pickle"))
+    with np.load(path / "arrays.npz", allow_pickle=False) as z:
+        assert all(z[k].dtype != object for k in z.files)
+    again = load_model(path)
+    assert type(again) is type(model) and again.get_params() == json.loads(json.dumps(model.get_params()))
+    for new_only in (False, True):
+        pd.testing.assert_frame_equal(model.recommend(customers, k=5, new_only=new_only),
+                                      again.recommend(customers, k=5, new_only=new_only))
+    meta = json.loads((path / "meta.json").read_text())
+    meta["format_version"] += 1
+    (path / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(FormatVersionError, match="format version"):
+        load_model(path)
+    with pytest.raises(FormatVersionError, match="format version"):
+        type(model).load(path)
+
+
+def test_recommender_extra_lists_survive_save_load(fitted, tmp_path):
+    model = fitted["recommender"]
+    again = load_model(model.save(tmp_path / "m"))
+    pd.testing.assert_frame_equal(model.similar_items("A1", k=4), again.similar_items("A1", k=4))
+    pd.testing.assert_frame_equal(model.for_session(["A1", "B2"], k=4), again.for_session(["A1", "B2"], k=4))
+    pd.testing.assert_frame_equal(model.popular(k=4, days=60), again.popular(k=4, days=60))
+
+
+def test_tree_ensemble_matches_sklearn():
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(600, 4))
+    X[rng.random(X.shape) < 0.1] = np.nan
+    y = ((np.nan_to_num(X[:, 0]) + np.nan_to_num(X[:, 1]) * 0.5 + rng.normal(size=600) * 0.3) > 0).astype(int)
+    clf = HistGradientBoostingClassifier(max_iter=20, max_leaf_nodes=7, early_stopping=False).fit(X, y)
+    ens = TreeEnsemble.from_sklearn(clf)
+    again = TreeEnsemble.from_arrays(ens.to_arrays("t_"), "t_")
+    expected = clf.predict_proba(X)[:, 1]
+    np.testing.assert_allclose(again.predict_proba(X), expected, rtol=1e-9)
+    np.testing.assert_allclose(1 / (1 + np.exp(-again._predict_raw_numpy(np.ascontiguousarray(X)))), expected, rtol=1e-9)
+
+
+def test_unfitted_and_unknown_directories_are_refused(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        load_model(tmp_path)
+    (tmp_path / "meta.json").write_text(json.dumps({"format": "something-else"}))
+    with pytest.raises(FormatVersionError):
+        load_model(tmp_path)
+    with pytest.raises(RuntimeError, match="not fitted"):
+        Recommender().recommend([1])

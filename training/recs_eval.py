@@ -1,0 +1,156 @@
+"""Evaluation protocol and metrics for recommendation lists.
+
+Protocol (one split = ``as_of`` and a horizon of ``H`` days):
+
+* population: customers with a valid purchase strictly before ``as_of``;
+* ground truth per customer: the distinct items they bought in ``[as_of, as_of + H)`` that existed
+  before ``as_of`` (bought by anyone before ``as_of``); with ``new_only`` ("discovery"), only the
+  items the customer never bought before ``as_of``;
+* customers whose truth set is empty are skipped; a customer of the population with a non-empty
+  truth set but no list scores 0;
+* recall@k = hits / min(k, |truth|); NDCG@k with binary relevance, ideal DCG over min(k, |truth|)
+  items; both averaged over the customers with a non-empty truth set.
+
+A recommendation list is a DataFrame with the columns ``customer_id, rank (1..k), item_id, score,
+source``; extra columns are ignored.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from collections.abc import Iterable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from features.compute import to_utc
+
+Truth = Mapping[int, frozenset]
+
+
+def recall_at_k(ranked: Sequence, truth: Iterable, k: int = 20) -> float:
+    """Hits among the first ``k`` items divided by ``min(k, |truth|)``; 0.0 for an empty truth."""
+    truth = set(truth)
+    if not truth or k <= 0:
+        return 0.0
+    top = _dedup(ranked)[:k]
+    hits = sum(1 for x in top if x in truth)
+    return hits / min(k, len(truth))
+
+
+def ndcg_at_k(ranked: Sequence, truth: Iterable, k: int = 20) -> float:
+    """Binary-relevance NDCG@k: DCG = sum of 1/log2(rank + 1) over hits; the ideal DCG puts
+    ``min(k, |truth|)`` hits at the top. 0.0 for an empty truth."""
+    truth = set(truth)
+    if not truth or k <= 0:
+        return 0.0
+    top = _dedup(ranked)[:k]
+    dcg = sum(1.0 / math.log2(i + 2) for i, x in enumerate(top) if x in truth)
+    idcg = sum(1.0 / math.log2(i + 2) for i in range(min(k, len(truth))))
+    return dcg / idcg
+
+
+def _dedup(ranked: Sequence) -> list:
+    """A list counts an item once (its first position)."""
+    seen: set = set()
+    out = []
+    for x in ranked:
+        if x not in seen:
+            seen.add(x)
+            out.append(x)
+    return out
+
+
+def split_window(lines: pd.DataFrame, as_of: dt.date | dt.datetime, horizon_days: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(lines before as_of, lines in [as_of, as_of + horizon))."""
+    t0 = to_utc(as_of)
+    t1 = t0 + dt.timedelta(days=horizon_days)
+    ts = lines["invoice_ts"]
+    return lines[ts < t0], lines[(ts >= t0) & (ts < t1)]
+
+
+def ground_truth(lines: pd.DataFrame, as_of: dt.date | dt.datetime, horizon_days: int, new_only: bool = False) -> dict[int, frozenset]:
+    """Per customer of the population, the set of items they bought in the window (see the module
+    docstring). Customers with an empty set are left out."""
+    before, window = split_window(lines, as_of, horizon_days)
+    population = set(before["customer_id"].unique().tolist())
+    existing = set(before["item_id"].unique().tolist())
+    w = window[window["customer_id"].isin(population) & window["item_id"].isin(existing)]
+    w = w[["customer_id", "item_id"]].drop_duplicates()
+    if new_only:
+        seen = before[["customer_id", "item_id"]].drop_duplicates()
+        w = w.merge(seen, on=["customer_id", "item_id"], how="left", indicator=True)
+        w = w[w["_merge"] == "left_only"].drop(columns="_merge")
+    return {int(c): frozenset(g.tolist()) for c, g in w.groupby("customer_id")["item_id"]}
+
+
+def population(lines: pd.DataFrame, as_of: dt.date | dt.datetime) -> np.ndarray:
+    """Customers with a valid purchase strictly before ``as_of`` (sorted)."""
+    before = lines[lines["invoice_ts"] < to_utc(as_of)]
+    return np.sort(before["customer_id"].unique())
+
+
+def seen_items(lines: pd.DataFrame, as_of: dt.date | dt.datetime) -> dict[int, frozenset]:
+    """Per customer, the items bought strictly before ``as_of``."""
+    before = lines[lines["invoice_ts"] < to_utc(as_of)][["customer_id", "item_id"]].drop_duplicates()
+    return {int(c): frozenset(g.tolist()) for c, g in before.groupby("customer_id")["item_id"]}
+
+
+def lists_by_customer(recs: pd.DataFrame) -> dict[int, list]:
+    """customer_id -> item ids in rank order."""
+    if recs.empty:
+        return {}
+    r = recs.sort_values(["customer_id", "rank"], kind="stable")
+    return {int(c): g.tolist() for c, g in r.groupby("customer_id", sort=False)["item_id"]}
+
+
+def evaluate(recs: pd.DataFrame, truth: Truth, k: int = 20, *, exclude: Truth | None = None) -> dict:
+    """Mean recall@k and NDCG@k over the customers with a non-empty truth set.
+
+    ``exclude`` (customer -> items they must not be recommended, e.g. :func:`seen_items` for the
+    discovery list) makes a list that breaks the rule an error rather than a silent score.
+    """
+    lists = lists_by_customer(recs)
+    if exclude is not None:
+        bad = [(c, x) for c, lst in lists.items() for x in lst[:k] if x in exclude.get(c, ())]
+        if bad:
+            raise ValueError(f"{len(bad)} recommended items were already bought by the customer, e.g. {bad[:3]}")
+    recalls, ndcgs = [], []
+    for c, t in truth.items():
+        if not t:
+            continue
+        lst = lists.get(int(c), [])
+        recalls.append(recall_at_k(lst, t, k))
+        ndcgs.append(ndcg_at_k(lst, t, k))
+    n = len(recalls)
+    covered = sum(1 for c, t in truth.items() if t and lists.get(int(c)))
+    return {
+        f"recall@{k}": float(np.mean(recalls)) if n else 0.0,
+        f"ndcg@{k}": float(np.mean(ndcgs)) if n else 0.0,
+        "customers": n,
+        "customers_with_list": covered,
+    }
+
+
+def evaluate_model(model, lines: pd.DataFrame, as_of: dt.date | dt.datetime, horizon_days: int, k: int = 20) -> dict:
+    """Both lists of a fitted model (its ``recommend`` with and without ``new_only``) on one split.
+
+    ``lines`` must include the evaluation window; the model must have been fitted on lines before
+    ``as_of``. Returns ``{"recall@k", "ndcg@k", "discovery_recall@k", "discovery_ndcg@k", ...}``.
+    """
+    pop = population(lines, as_of)
+    truth = ground_truth(lines, as_of, horizon_days, new_only=False)
+    truth_new = ground_truth(lines, as_of, horizon_days, new_only=True)
+    rec = model.recommend(pop, k=k)
+    disc = model.recommend(pop, k=k, new_only=True)
+    a = evaluate(rec, truth, k)
+    b = evaluate(disc, truth_new, k, exclude=seen_items(lines, as_of))
+    return {
+        f"recall@{k}": a[f"recall@{k}"],
+        f"ndcg@{k}": a[f"ndcg@{k}"],
+        f"discovery_recall@{k}": b[f"recall@{k}"],
+        f"discovery_ndcg@{k}": b[f"ndcg@{k}"],
+        "customers": a["customers"],
+        "discovery_customers": b["customers"],
+    }

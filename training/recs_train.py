@@ -1,0 +1,186 @@
+"""Training, registration, export and backtest of the recommender.
+
+The holdout mirrors the customer models: the recommender and every baseline are fitted on lines
+before ``as_of - horizon`` and scored on the purchases of [as_of - horizon, as_of), with the same
+code (training.recs_eval). The registered model is then fitted on everything before ``as_of``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from training import plots, registry
+from training.data import load_lines
+from training.recs import Recommender
+from training.recs_baselines import BASELINES
+from training.recs_eval import evaluate, evaluate_model, ground_truth, population, seen_items
+from training.train import TrainResult, TrainSpec, _card
+
+log = logging.getLogger(__name__)
+
+FEATURE_SERVICE = "recs_v1"
+K = 20
+
+
+class RecsPyfunc(mlflow.pyfunc.PythonModel):
+    """models:/recommender@champion as a pyfunc: customer ids in, ranked items out."""
+
+    def load_context(self, context: Any) -> None:
+        self.model = Recommender.load(Path(context.artifacts["model"]))
+
+    def predict(self, context: Any, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
+        k = int((params or {}).get("k", K))
+        new_only = bool((params or {}).get("new_only", False))
+        out = self.model.recommend(model_input["customer_id"].to_numpy(), k=k, new_only=new_only)
+        return out[["customer_id", "rank", "item_id", "score", "source"]]
+
+
+def _metrics_key(name: str) -> str:
+    return name.replace("@", "_at_")
+
+
+def _scores(model, lines: pd.DataFrame, t: dt.datetime, horizon_days: int) -> dict[str, float]:
+    m = evaluate_model(model, lines, t, horizon_days, K)
+    return {_metrics_key(k): float(v) for k, v in m.items()}
+
+
+def train_recommender(spec: TrainSpec) -> TrainResult:
+    registry.configure(spec.mlruns, spec.mlflow_uri)
+    registry.experiment("patron-recs", spec.mlruns)
+    mlflow.set_experiment("patron-recs")
+    lines = load_lines(spec.data_dir, end=spec.as_of)
+    holdout = spec.as_of - dt.timedelta(days=spec.horizon_days)
+    notes: list[str] = []
+    with mlflow.start_run(run_name=f"recs as of {spec.as_of.date()}"):
+        mlflow.log_params(
+            {
+                "as_of": spec.as_of.date().isoformat(),
+                "horizon_days": spec.horizon_days,
+                "holdout_start": holdout.date().isoformat(),
+                "feature_service": FEATURE_SERVICE,
+            }
+        )
+        before = lines[lines["invoice_ts"] < holdout]
+        metrics: dict[str, float] = {}
+        baselines: dict[str, dict[str, float]] = {}
+        champion_scorer = None
+        if before["customer_id"].nunique() < 10:
+            notes.append(f"too little history before {holdout.date()} for a holdout; recommender trained without one")
+        else:
+            t0 = time.perf_counter()
+            candidate = Recommender().fit(before, holdout)
+            mlflow.log_metric("fit_seconds", time.perf_counter() - t0)
+            metrics = _scores(candidate, lines, holdout, spec.horizon_days)
+            mlflow.log_params({f"model_{k}": v for k, v in candidate.get_params().items()})
+            for name, cls in BASELINES.items():
+                baselines[name] = _scores(cls().fit(before, holdout), lines, holdout, spec.horizon_days)
+                mlflow.log_metrics({f"baseline_{name}_{k}": v for k, v in baselines[name].items()})
+            mlflow.log_metrics({f"holdout_{k}": v for k, v in metrics.items()})
+            curves = {}
+            pop = population(lines, holdout)
+            truth = ground_truth(lines, holdout, spec.horizon_days)
+            recs = candidate.recommend(pop, k=K)
+            curves["model"] = {k: evaluate(recs[recs["rank"] <= k], truth, k)[f"recall@{k}"] for k in (1, 5, 10, 20)}
+            mlflow.log_figure(plots.recall_curve(curves, "Recall@k, all purchases (holdout)"), "plots/recall_at_k.png")
+
+            def champion_scorer(directory: Path) -> float:
+                return _scores(Recommender.load(directory), lines, holdout, spec.horizon_days)["recall_at_20"]
+
+        model = Recommender().fit(lines, spec.as_of)
+        with tempfile.TemporaryDirectory() as tmp:
+            model_dir = Path(tmp) / "recommender"
+            model.save(model_dir)
+            _card("recommender", FEATURE_SERVICE, spec, None, notes).save(model_dir)
+            customers = population(lines, spec.as_of)[:3]
+            example = pd.DataFrame({"customer_id": customers})
+            output = model.recommend(customers, k=5)[["customer_id", "rank", "item_id", "score", "source"]]
+            _, version = registry.log_and_register(
+                "recs", model_dir, input_example=example, output_example=output, python_model=RecsPyfunc()
+            )
+        decision = registry.gate(
+            "recs", version, metrics.get("recall_at_20", float("-inf")), champion_scorer or (lambda d: float("-inf"))
+        )
+        mlflow.set_tag("gate_reason", decision.reason)
+    return TrainResult("recs", version, decision.promoted, decision.reason, metrics, baselines, notes)
+
+
+@dataclass(frozen=True)
+class RecExport:
+    files: dict[str, int]
+    versions: dict[str, str]
+
+
+REC_SCHEMA = pa.schema(
+    [
+        ("customer_id", pa.int64()),
+        ("rank", pa.int32()),
+        ("item_id", pa.string()),
+        ("score", pa.float64()),
+        ("source", pa.string()),
+        ("as_of", pa.string()),
+        ("model_version", pa.string()),
+    ]
+)
+
+
+def _write(df: pd.DataFrame, path: Path) -> int:
+    tmp = path.with_name(f".{path.name}.tmp")
+    pq.write_table(pa.Table.from_pandas(df[REC_SCHEMA.names], schema=REC_SCHEMA, preserve_index=False), tmp)
+    os.replace(tmp, path)
+    return len(df)
+
+
+def export_recommendations(spec: TrainSpec, out_dir: Path) -> RecExport:
+    registry.configure(spec.mlruns, spec.mlflow_uri)
+    lines = load_lines(spec.data_dir, end=spec.as_of)
+    customers = population(lines, spec.as_of)
+    with tempfile.TemporaryDirectory() as tmp:
+        version, d = registry.load_champion_dir("recs", Path(tmp) / "recs")
+        model = Recommender.load(d)
+    files = {}
+    for name, new_only in (("recommendations.parquet", False), ("discovery.parquet", True)):
+        recs = model.recommend(customers, k=K, new_only=new_only)
+        if new_only:
+            # The contract: discovery never lists an item the customer bought before as_of.
+            seen = seen_items(lines, spec.as_of)
+            bad = [(c, i) for c, i in zip(recs["customer_id"], recs["item_id"]) if i in seen.get(int(c), ())]
+            if bad:
+                raise AssertionError(f"discovery list contains {len(bad)} already-bought items, e.g. {bad[:3]}")
+        recs["as_of"] = spec.as_of.date().isoformat()
+        recs["model_version"] = f"recommender/{version}"
+        files[name] = _write(recs, out_dir / name)
+    return RecExport(files, {"recs": version})
+
+
+@dataclass
+class RecEvaluation:
+    kind: str
+    version: str
+    metrics: dict[str, float]
+    baselines: dict[str, dict[str, float]]
+    tables: dict
+
+
+def evaluate_recommender(spec: TrainSpec) -> RecEvaluation:
+    """Backtest: the champion (fitted before as_of) against the purchases of the following window."""
+    registry.configure(spec.mlruns, spec.mlflow_uri)
+    lines = load_lines(spec.data_dir)
+    with tempfile.TemporaryDirectory() as tmp:
+        version, d = registry.load_champion_dir("recs", Path(tmp) / "recs")
+        model = Recommender.load(d)
+    metrics = _scores(model, lines, spec.as_of, spec.horizon_days)
+    before = lines[lines["invoice_ts"] < spec.as_of]
+    baselines = {name: _scores(cls().fit(before, spec.as_of), lines, spec.as_of, spec.horizon_days) for name, cls in BASELINES.items()}
+    return RecEvaluation("recs", version, metrics, baselines, {})
