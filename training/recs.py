@@ -24,7 +24,6 @@ own node arrays and evaluated by :class:`TreeEnsemble`.
 from __future__ import annotations
 
 import datetime as dt
-import os
 import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, fields
@@ -70,8 +69,9 @@ PAIR_FEATURES = ("bought", "ci_orders", "ci_log_qty", "ci_first_age", "ci_last_a
 FEATURES = PAIR_FEATURES + CUSTOMER_FEATURES + ITEM_FEATURES
 # What each ranker sees. Item-level statistics (popularity, trend, price...) let a ranker trained on
 # one window memorise which items sold in that window, which does not carry over to the next one
-# (measured on the validation splits), so they stay out, except the item's age in the shop.
-REPEAT_FEATURES = tuple(f for f in PAIR_FEATURES if f not in ("trend_urank", "pop_urank")) + ("i_first_age",)
+# (measured on the validation splits), so they stay out, except the item's age in the shop and, for
+# the list with repeats, the share of the item's buyers who bought it more than once.
+REPEAT_FEATURES = tuple(f for f in PAIR_FEATURES if f not in ("trend_urank", "pop_urank")) + ("i_first_age", "i_repeat_rate")
 DISCOVERY_FEATURES = ("ease", "cop", "als", "ease_urank", "cop_urank", "als_urank", "i_first_age")
 # The discovery ranker may only increase with each similarity score (and decrease with its rank):
 # with few, noisy training windows that keeps it from contradicting the sources.
@@ -636,17 +636,13 @@ class Recommender(RecommenderBase):
         Xs, ys, groups = [np.zeros((0, len(FEATURES)))], [np.zeros(0)], [np.zeros(0, np.int64)]
         for start in range(0, len(active), 256):
             rows = active[start:start + 256]
-            c = self.sources_candidates(src, rows, new_only=False)
+            c = src.candidates(rows, new_only=False)
             y = y_all[rows].toarray()[c["pair_row"], c["item"]]
             Xs.append(c["X"]); ys.append(y); groups.append(rows[c["pair_row"]])
         X = np.vstack(Xs).astype(np.float32)
         y = np.concatenate(ys).astype(np.int8)
         g = np.concatenate(groups)
         return X, y, g, src
-
-    @staticmethod
-    def sources_candidates(src: Sources, rows: np.ndarray, new_only: bool) -> dict:
-        return src.candidates(rows, new_only)
 
     def _fit_ranker(self, X: np.ndarray, y: np.ndarray, g: np.ndarray, monotone=None) -> TreeEnsemble:
         from sklearn.ensemble import HistGradientBoostingClassifier

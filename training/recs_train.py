@@ -80,7 +80,7 @@ def train_recommender(spec: TrainSpec) -> TrainResult:
             notes.append(f"too little history before {holdout.date()} for a holdout; recommender trained without one")
         else:
             t0 = time.perf_counter()
-            candidate = Recommender().fit(before, holdout)
+            candidate = Recommender(label_days=spec.horizon_days).fit(before, holdout)
             mlflow.log_metric("fit_seconds", time.perf_counter() - t0)
             metrics = _scores(candidate, lines, holdout, spec.horizon_days)
             mlflow.log_params({f"model_{k}": v for k, v in candidate.get_params().items()})
@@ -98,7 +98,7 @@ def train_recommender(spec: TrainSpec) -> TrainResult:
             def champion_scorer(directory: Path) -> float:
                 return _scores(Recommender.load(directory), lines, holdout, spec.horizon_days)["recall_at_20"]
 
-        model = Recommender().fit(lines, spec.as_of)
+        model = Recommender(label_days=spec.horizon_days).fit(lines, spec.as_of)
         with tempfile.TemporaryDirectory() as tmp:
             model_dir = Path(tmp) / "recommender"
             model.save(model_dir)
