@@ -50,7 +50,7 @@ LTV_SCHEMA = pa.schema(
 def export_customer_scores(spec: TrainSpec, out_dir: Path) -> ExportResult:
     registry.configure(spec.mlruns, spec.mlflow_uri)
     out_dir.mkdir(parents=True, exist_ok=True)
-    _, _, scoring, _ = customer_frames(spec)
+    _, _, scoring, _ = customer_frames(spec, labelled_frames=False)
     files: dict[str, int] = {}
     versions: dict[str, str] = {}
     with tempfile.TemporaryDirectory() as tmp:

@@ -24,9 +24,6 @@ from pipelines.settings import PatronSettings
 
 log = logging.getLogger(__name__)
 
-STEPS = ("ingest", "features", "apply", "materialize", "train_churn", "train_ltv", "train_recs")
-
-
 @dataclass
 class PipelineResult:
     as_of: str

@@ -47,6 +47,7 @@ from training.recs_baselines import (
     build_frame,
     ease_weights,
     empty_recs,
+    fill_with_popular,
     fit_als,
     load_arrays,
     read_meta,
@@ -746,15 +747,8 @@ class Recommender(RecommenderBase):
         for row in rows:
             il, sl, so, rs = (list(x) for x in lists.get(int(row), ([], [], [], [])))
             if len(il) < k:  # cold start, or too few candidates: popular items
-                seen = set(X.indices[X.indptr[row]:X.indptr[row + 1]].tolist()) if row >= 0 else set()
-                have = set(il)
-                for i in pop_order:
-                    if len(il) >= k:
-                        break
-                    if i in have or (new_only and i in seen):
-                        continue
-                    il.append(int(i)); sl.append(float(pop_score[i])); so.append("popular")
-                    rs.append({"buyers": int(pop_score[i]), "days": self.params.popular_days})
+                seen = set(X.indices[X.indptr[row]:X.indptr[row + 1]].tolist()) if row >= 0 and new_only else set()
+                fill_with_popular(il, sl, so, rs, pop_order, pop_score, k, seen, self.params.popular_days)
             out_items.append(il); out_scores.append(sl); out_src.append(so); out_rsn.append(rs)
         return build_frame(ids, out_items, out_scores, out_src, out_rsn, h.items)
 

@@ -249,6 +249,19 @@ def top_k_rows(scores: np.ndarray, k: int) -> np.ndarray:
     return np.take_along_axis(part, order, axis=1)
 
 
+def fill_with_popular(items: list, scores: list, sources: list, reasons: list, pop_order: np.ndarray,
+                      pop_score: np.ndarray, k: int, exclude: set, days: float) -> None:
+    """Top a list shorter than k up with popular items that are neither in it nor in ``exclude``."""
+    have = set(items)
+    for i in pop_order:
+        if len(items) >= k:
+            break
+        if i in have or i in exclude:
+            continue
+        items.append(int(i)); scores.append(float(pop_score[i])); sources.append("popular")
+        reasons.append({"buyers": int(pop_score[i]), "days": days})
+
+
 def empty_recs() -> pd.DataFrame:
     return pd.DataFrame({"customer_id": pd.Series(dtype=np.int64), "rank": pd.Series(dtype=np.int64),
                          "item_id": pd.Series(dtype=str), "score": pd.Series(dtype=np.float64),
@@ -403,14 +416,7 @@ class RecommenderBase(ABC):
                         il.append(int(i)); sl.append(float(dense[j, i])); srl.append(self._source_name())
                         rl.append(self._reason(int(r[j]), int(i), float(dense[j, i])))
                 if len(il) < k:
-                    have = set(il)
-                    for i in pop_order:
-                        if len(il) >= k:
-                            break
-                        if i in have or (new_only and i in seen):
-                            continue
-                        il.append(int(i)); sl.append(float(pop_score[i])); srl.append("popular")
-                        rl.append({"buyers": int(pop_score[i]), "days": self._popular_days()})
+                    fill_with_popular(il, sl, srl, rl, pop_order, pop_score, k, seen if new_only else set(), self._popular_days())
                 lists.append(il); scs.append(sl); srcs.append(srl); rsns.append(rl)
         return build_frame(ids, lists, scs, srcs, rsns, h.items)
 

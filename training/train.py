@@ -81,20 +81,24 @@ def _store(spec: TrainSpec):
     return open_store(spec.feature_repo, spec.online_store, spec.redis_url)
 
 
-def customer_frames(spec: TrainSpec) -> tuple[SnapshotPlan | None, pd.DataFrame | None, pd.DataFrame, list[str]]:
-    """(plan, labelled frame or None when history is too short, scoring frame at as_of, notes)."""
+def customer_frames(
+    spec: TrainSpec, *, labelled_frames: bool = True
+) -> tuple[SnapshotPlan | None, pd.DataFrame | None, pd.DataFrame, list[str]]:
+    """(plan, labelled frame or None when history is too short or not asked for, scoring frame at as_of, notes)."""
     lines = load_lines(spec.data_dir, end=spec.as_of)
     if lines.empty:
         raise TooLittleHistoryError(f"no valid purchases before {spec.as_of.date()}")
     store = _store(spec)
     notes: list[str] = []
-    try:
-        plan = plan_snapshots(lines["invoice_ts"].min(), spec.as_of, spec.horizon_days)
-        labelled = build_frame(store, lines, plan.all, spec.horizon_days, CHURN_SERVICE)
-    except TooLittleHistoryError as exc:
-        plan, labelled = None, None
-        notes.append(f"label-free fallback (BG/NBD + Gamma-Gamma): {exc}")
-        log.warning("history too short for supervised models: %s", exc)
+    plan, labelled = None, None
+    if labelled_frames:  # scoring alone (export) needs no training frames
+        try:
+            plan = plan_snapshots(lines["invoice_ts"].min(), spec.as_of, spec.horizon_days)
+            labelled = build_frame(store, lines, plan.all, spec.horizon_days, CHURN_SERVICE)
+        except TooLittleHistoryError as exc:
+            plan, labelled = None, None
+            notes.append(f"label-free fallback (BG/NBD + Gamma-Gamma): {exc}")
+            log.warning("history too short for supervised models: %s", exc)
     scoring = build_frame(store, lines, [spec.as_of], spec.horizon_days, CHURN_SERVICE, with_labels=False)
     return plan, labelled, scoring, notes
 
