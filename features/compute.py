@@ -98,6 +98,19 @@ orders AS (
       AND NOT starts_with(invoice_no, 'C') AND invoice_ts < $as_of
     GROUP BY customer_id, invoice_no
 ),
+-- the export's first day: a customer first seen in its first four weeks may be much older than
+-- the data says (their tenure is censored), which the models need to know
+data_start AS (SELECT min(ts) AS t0 FROM orders),
+-- purchase days, as the BG/NBD and Gamma-Gamma models count them: several orders on one UTC day
+-- are one shopping occasion; the first day's spend is left out of the repeat spend
+days AS (
+    SELECT customer_id, date_trunc('day', ts) AS day, sum(spend) AS spend
+    FROM orders GROUP BY customer_id, date_trunc('day', ts)
+),
+first_days AS (
+    SELECT customer_id, min(day) AS first_day, arg_min(spend, day) AS first_day_spend
+    FROM days GROUP BY customer_id
+),
 orders_gap AS (
     SELECT *, epoch(ts - lag(ts) OVER (PARTITION BY customer_id ORDER BY ts)) / 86400.0 AS gap_days
     FROM orders
@@ -122,7 +135,14 @@ agg AS (
            count(*) FILTER (WHERE o.ts >= s.t - INTERVAL 180 DAY AND o.ts < s.t - INTERVAL 90 DAY) AS orders_prev_90d,
            coalesce(sum(o.spend) FILTER (WHERE o.ts >= s.t - INTERVAL 90 DAY), 0) AS spend_90d,
            coalesce(sum(o.spend) FILTER (WHERE o.ts >= s.t - INTERVAL 365 DAY), 0) AS spend_365d,
-           arg_max(o.country, o.ts) AS country
+           arg_max(o.country, o.ts) AS country,
+           count(DISTINCT date_trunc('day', o.ts)) AS purchase_days,
+           max(date_trunc('day', o.ts)) AS last_day,
+           count(DISTINCT date_trunc('month', o.ts)) AS months_active,
+           count(DISTINCT floor(epoch(s.t - o.ts) / 604800)) FILTER (WHERE o.ts >= s.t - INTERVAL 91 DAY) AS active_weeks_13,
+           count(DISTINCT floor(epoch(s.t - o.ts) / 604800)) FILTER (WHERE o.ts >= s.t - INTERVAL 182 DAY) AS active_weeks_26,
+           sum(exp(-epoch(s.t - o.ts) / 86400.0 / 30)) AS decayed_orders_30,
+           sum(exp(-epoch(s.t - o.ts) / 86400.0 / 90)) AS decayed_orders_90
     FROM orders_gap o JOIN snap s ON o.ts < s.t
     GROUP BY o.customer_id, s.t
 ),
@@ -137,7 +157,7 @@ ret AS (
 first_buys AS (
     SELECT customer_id, item_id, min(invoice_ts) AS first_ts
     FROM lines
-    WHERE line_class = 'sale' AND invoice_ts < $as_of
+    WHERE line_class = 'sale' AND item_id IS NOT NULL AND invoice_ts < $as_of
     GROUP BY customer_id, item_id
 ),
 new_pairs AS (
@@ -172,8 +192,22 @@ SELECT
     coalesce(d.distinct_products, 0)::BIGINT AS distinct_products,
     (coalesce(r.returned_value, 0) / nullif(a.monetary_total, 0))::DOUBLE AS return_rate,
     coalesce(a.country, '') AS country,
+    a.purchase_days::BIGINT AS purchase_days,
+    a.months_active::BIGINT AS months_active,
+    a.active_weeks_13::BIGINT AS active_weeks_13,
+    a.active_weeks_26::BIGINT AS active_weeks_26,
+    a.decayed_orders_30::DOUBLE AS decayed_orders_30,
+    a.decayed_orders_90::DOUBLE AS decayed_orders_90,
+    (a.first_ts < (SELECT t0 FROM data_start) + INTERVAL 28 DAY)::BIGINT AS tenure_censored,
+    -- the BG/NBD summary (frequency = repeat purchase days; recency and age from the first day)
+    (a.purchase_days - 1)::BIGINT AS btyd_frequency,
+    epoch(a.last_day - fd.first_day) / 86400.0 AS btyd_recency_days,
+    epoch(a.t - fd.first_day) / 86400.0 AS btyd_age_days,
+    CASE WHEN a.purchase_days > 1 THEN (a.monetary_total - fd.first_day_spend) / (a.purchase_days - 1) ELSE 0 END::DOUBLE
+        AS btyd_monetary,
     now() AS created_at
 FROM agg a
+JOIN first_days fd ON a.customer_id = fd.customer_id
 LEFT JOIN ret r ON a.customer_id = r.customer_id AND a.t = r.t
 ASOF LEFT JOIN distinct_products d ON a.customer_id = d.customer_id AND a.t >= d.t
 ORDER BY customer_id, event_timestamp
@@ -185,7 +219,7 @@ WITH
 sold AS (
     SELECT item_id, customer_id, invoice_ts AS ts, date_trunc('day', invoice_ts) AS d, quantity, amount, description
     FROM lines
-    WHERE line_class IN ('sale', 'guest') AND quantity > 0 AND invoice_ts < $as_of
+    WHERE line_class IN ('sale', 'guest') AND item_id IS NOT NULL AND quantity > 0 AND invoice_ts < $as_of
 ),
 item_day AS (
     SELECT item_id, d, sum(quantity) AS units, count(*) AS n_lines, sum(amount) AS revenue, max(ts) AS last_ts

@@ -54,6 +54,10 @@ RAW_COLUMNS: tuple[str, ...] = (
     "CustomerID",
     "Country",
 )
+# Shops that export little or no product detail still have customers, dates and amounts: these
+# columns may be absent (read as empty), and a line with an empty StockCode is a purchase of an
+# unknown product (item_id NULL), which the customer models use and the recommender skips.
+OPTIONAL_COLUMNS: tuple[str, ...] = ("StockCode", "Description", "Country")
 CLASSES: tuple[str, ...] = ("sale", "return", "guest", "non_product", "invalid")
 SUFFIXES: tuple[str, ...] = (".csv", ".csv.gz", ".parquet")
 
@@ -79,7 +83,7 @@ NON_PRODUCT_PREFIXES: tuple[str, ...] = ("GIFT_",)  # gift vouchers
 
 # Spreadsheet formula injection: a text cell starting like this would run in the CRM's spreadsheet.
 _FORMULA_RE = re.compile(r"^[=+@\t\r]|^-[^0-9.\s]")
-_DATE_FORMATS: tuple[str, ...] = (
+DATE_FORMATS: tuple[str, ...] = (
     "%Y-%m-%d %H:%M:%S",
     "%Y-%m-%d %H:%M",
     "%Y-%m-%dT%H:%M:%S",
@@ -252,7 +256,7 @@ def _decode(data: bytes) -> tuple[str, str]:
 def _check_header(header: Sequence[str], path: Path) -> None:
     names = [h.strip() for h in header]
     dupes = sorted({n for n in names if names.count(n) > 1})
-    missing = [c for c in RAW_COLUMNS if c not in names]
+    missing = [c for c in RAW_COLUMNS if c not in names and c not in OPTIONAL_COLUMNS]
     unexpected = [n for n in names if n not in RAW_COLUMNS]
     problems = []
     if missing:
@@ -263,7 +267,8 @@ def _check_header(header: Sequence[str], path: Path) -> None:
         problems.append(f"duplicated column(s) {', '.join(dupes)}")
     if problems:
         raise SchemaError(
-            f"{path}: {'; '.join(problems)}. Expected exactly: {', '.join(RAW_COLUMNS)}; nothing from it was stored"
+            f"{path}: {'; '.join(problems)}. Expected the columns {', '.join(RAW_COLUMNS)} "
+            f"({', '.join(OPTIONAL_COLUMNS)} may be left out); nothing from it was stored"
         )
 
 
@@ -303,7 +308,12 @@ def _read_parquet(path: Path) -> RawFrame:
         raise UnreadableFileError(f"{path}: not a readable Parquet file ({exc}); nothing from it was stored") from exc
     _check_header(table.column_names, path)
     n = table.num_rows
-    frame = _raw_table([pc.fill_null(table.column(c).cast(pa.string()), "") for c in RAW_COLUMNS], path.name, np.arange(1, n + 1))
+    empty = pa.array([""] * n, pa.string())
+    frame = _raw_table(
+        [pc.fill_null(table.column(c).cast(pa.string()), "") if c in table.column_names else empty for c in RAW_COLUMNS],
+        path.name,
+        np.arange(1, n + 1),
+    )
     return RawFrame(frame, _broken_frame(path.name, []), "parquet", "")
 
 
@@ -315,6 +325,7 @@ def _read_csv(path: Path) -> RawFrame:
     delimiter = max(_DELIMITERS, key=first_line.count)
     truncated_tail = not text.endswith(("\n", "\r"))
     n = len(RAW_COLUMNS)
+    width = n  # fields per row: the header's
     rows: list[list[str]] = []
     lines: list[int] = []
     broken: list[tuple[int, str, str]] = []
@@ -334,16 +345,19 @@ def _read_csv(path: Path) -> RawFrame:
         if header is None:
             header = row
             _check_header(header, path)
-            order = [[h.strip() for h in header].index(c) for c in RAW_COLUMNS]
+            names = [h.strip() for h in header]
+            width = len(names)
+            # -1: an optional column the file does not have, read as empty
+            order = [names.index(c) if c in names else -1 for c in RAW_COLUMNS]
             continue
         if not row or (len(row) == 1 and not row[0].strip()):
             continue  # blank line, not a row
-        if len(row) != n:
+        if len(row) != width:
             broken.append(
-                (reader.line_num, delimiter.join(row)[:10_000], f"expected {n} fields separated by {delimiter!r}, got {len(row)}")
+                (reader.line_num, delimiter.join(row)[:10_000], f"expected {width} fields separated by {delimiter!r}, got {len(row)}")
             )
             continue
-        rows.append([row[i] for i in order])
+        rows.append([row[i] if i >= 0 else "" for i in order])
         lines.append(reader.line_num)
     if truncated_tail and broken and broken[-1][0] == reader.line_num:
         # The last line has no line end and the wrong number of fields: the file was cut off.
@@ -410,7 +424,6 @@ r AS (
         WHEN invoice = 'INVOICENO' AND stock = 'STOCKCODE' THEN 'repeated header line'
         {formula_cases}
         WHEN invoice = '' THEN 'InvoiceNo is empty'
-        WHEN stock = '' THEN 'StockCode is empty'
         WHEN qty_f IS NULL THEN {q_qty} || ' is not a number'
         WHEN NOT isfinite(qty_f) OR qty_f <> floor(qty_f) THEN {q_qty} || ' is not a whole number'
         WHEN price IS NULL OR NOT isfinite(price) THEN {q_price} || ' is not a number'
@@ -461,7 +474,7 @@ def classify(raw: RawFrame, *, max_abs_quantity: int, now: dt.datetime | None = 
         q_cust=_quoted("CustomerID"),
     )
     params = {
-        "formats": list(_DATE_FORMATS),
+        "formats": list(DATE_FORMATS),
         "non_product": sorted(NON_PRODUCT_CODES),
         "earliest": _EARLIEST,
         "latest": now + dt.timedelta(days=1),
@@ -473,7 +486,7 @@ def classify(raw: RawFrame, *, max_abs_quantity: int, now: dt.datetime | None = 
         con.register("raw", raw.frame)
         con.execute(f"CREATE TEMP TABLE c AS {sql}", params)
         canon = con.sql(
-            """SELECT line_id, invoice AS invoice_no, stock AS item_id, descr AS description,
+            """SELECT line_id, invoice AS invoice_no, nullif(stock, '') AS item_id, descr AS description,
                       qty::BIGINT AS quantity, price AS unit_price, qty * price AS amount,
                       timezone('UTC', ts) AS invoice_ts,
                       CASE WHEN has_cust THEN cust_f::BIGINT END AS customer_id,

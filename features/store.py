@@ -110,7 +110,7 @@ def materialize(store: FeatureStore, as_of: dt.date | dt.datetime) -> Materializ
     return Materialization(snapshot, counts[CUSTOMER_FEATURES_FILE], counts[PRODUCT_FEATURES_FILE])
 
 
-def online_customer_features(store: FeatureStore, customer_ids: list[int], service: str = "churn_v1") -> pd.DataFrame:
+def online_customer_features(store: FeatureStore, customer_ids: list[int], service: str = "churn_v2") -> pd.DataFrame:
     fs = store.get_feature_service(service)
     resp = store.get_online_features(features=fs, entity_rows=[{"customer_id": int(c)} for c in customer_ids])
     return resp.to_df()

@@ -231,7 +231,7 @@ def demo(home: HomeOpt = None) -> None:
     result = run_pipeline(settings, [SHIPPED_DATA], as_of, 90, on_step=lambda step, state: console.print(f"[bold]{step}[/]: {state}"))
     for k, v in result.details.items():
         if k.startswith("train_"):
-            console.print(f"{k}: v{v['version']} — {v['reason']}")
+            console.print(f"{k}: " + (f"v{v['version']} — {v['reason']}" if "version" in v else v.get("skipped", "")))
     show_online_example(settings)
     console.print(
         "[bold yellow]The HTTP service is not built yet:[/] the demo stops with the models registered "
@@ -252,7 +252,7 @@ def show_online_example(settings: PatronSettings) -> None:
     customer_id = int(latest.sort_values(["frequency", "customer_id"], ascending=[False, True]).iloc[0]["customer_id"])
     store = open_store(paths.feature_repo, settings.online_store, settings.redis_url)
     row = online_customer_features(store, [customer_id]).iloc[0]
-    table = Table(title=f"online features of customer {customer_id} (feature service churn_v1)")
+    table = Table(title=f"online features of customer {customer_id} (feature service churn_v2)")
     table.add_column("feature")
     table.add_column("value", justify="right")
     for name, value in row.items():
@@ -391,6 +391,41 @@ def export(
     console.print("models: " + ", ".join(f"{k} v{v}" for k, v in result.versions.items()))
 
 
+@app.command()
+def scorecard(
+    exports: Annotated[Path, typer.Option("--exports", help="Folder written by `patron export`.")],
+    source: Annotated[list[Path], typer.Option("--source", help="Raw order exports that cover the window after --as-of.")],
+    as_of: RequiredAsOf,
+    horizon_days: HorizonOpt = 90,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")] = False,
+) -> None:
+    """Score an export against the real purchases of the following window, read from the raw files."""
+    from features.ingest import IngestError
+    from pipelines.scorecard import ScorecardError, score_export
+
+    try:
+        card = score_export(exports, source, as_of, horizon_days)
+    except (ScorecardError, IngestError) as exc:
+        _fail(str(exc))
+        return
+    if as_json:
+        out = {"as_of": card.as_of, "horizon_days": card.horizon_days, "population": card.population,
+               "metrics": card.metrics, "missing_customers": card.coverage, "problems": card.problems,
+               "tiers": card.tiers.reset_index().to_dict(orient="records") if card.tiers is not None else []}
+        typer.echo(json.dumps(out))
+        return
+    table = Table(title=f"export scored against {card.as_of} + {horizon_days} days ({card.population:,} customers)")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for k, v in card.metrics.items():
+        table.add_row(k, f"{v:.4f}")
+    console.print(table)
+    if card.tiers is not None:
+        console.print(card.tiers.to_string())
+    for problem in card.problems:
+        console.print(f"[yellow]warning:[/] {problem}")
+
+
 pipeline_app = typer.Typer(help="The retraining pipeline.", no_args_is_help=True)
 app.add_typer(pipeline_app, name="pipeline")
 
@@ -420,7 +455,7 @@ def pipeline_run(
         return
     for k, v in result.details.items():
         if k.startswith("train_"):
-            console.print(f"{k}: v{v['version']} — {v['reason']}")
+            console.print(f"{k}: " + (f"v{v['version']} — {v['reason']}" if "version" in v else v.get("skipped", "")))
     console.print(f"ran: {', '.join(result.ran)}" + (f"; skipped: {', '.join(result.skipped)}" if result.skipped else ""))
 
 

@@ -69,7 +69,7 @@ def evaluate_customer_models(spec: TrainSpec, kinds: tuple[str, ...] = ("churn",
             if labelled is not None:
                 ev.baselines["RFM logistic"] = classification_metrics(y, rfm_logistic(labelled)(scoring), probabilities=True)
             ev.baselines["BG/NBD (label-free)"] = classification_metrics(
-                y, ChurnModel(label_free=True).predict_proba(scoring), probabilities=True
+                y, ChurnModel(horizon_days=spec.horizon_days).fit_label_free(scoring).predict_proba(scoring), probabilities=True
             )
             out.append(ev)
         if "ltv" in kinds:
@@ -82,7 +82,8 @@ def evaluate_customer_models(spec: TrainSpec, kinds: tuple[str, ...] = ("churn",
             ev.tables["tiers"] = table
             ev.baselines["past spend"] = value_metrics(actual, scoring["past_spend"].to_numpy())
             ev.baselines["total spend"] = value_metrics(actual, scoring["monetary_total"].to_numpy())
-            ev.baselines["BG/NBD + Gamma-Gamma"] = value_metrics(actual, scoring["bg_expected_value"].to_numpy())
+            bg = LTVModel(horizon_days=spec.horizon_days).fit_label_free(scoring).predict(scoring, spec.as_of)
+            ev.baselines["BG/NBD + Gamma-Gamma"] = value_metrics(actual, bg["predicted_value"].to_numpy())
             out.append(ev)
     _log(spec, out)
     return out

@@ -128,9 +128,13 @@ def run_pipeline(
     if "recs" in kinds:
 
         def recs() -> dict:
-            from training.recs_train import train_recommender
+            from training.recs_train import NoProductDetailError, train_recommender
 
-            return summary(train_recommender(spec))
+            try:
+                return summary(train_recommender(spec))
+            except NoProductDetailError as exc:
+                announce("train_recs", f"skipped: {exc}")
+                return {"skipped": str(exc)}
 
         step("train_recs", recs)
     return result

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from training.base import ModelCard, ModelLoadError
-from training.churn import NUMERIC, ChurnModel, classification_metrics, risk_band
+from training.churn import ChurnModel, classification_metrics, risk_band
 from training.frames import TooLittleHistoryError, labels, plan_snapshots, population
 from training.ltv import LTVModel, assign_tier, tier_cutoffs, tier_table, value_metrics
 
@@ -19,25 +19,49 @@ UTC = dt.timezone.utc
 
 
 def cohorts(n: int = 400, seed: int = 0) -> pd.DataFrame:
-    """Two cohorts any model separates: recent, frequent buyers stay; lapsed one-off buyers leave."""
+    """Two cohorts any model separates: recent, frequent buyers stay; lapsed one-off buyers leave.
+
+    The columns are those of the churn_v2 / ltv_v2 feature services, consistent with each other
+    (the BG/NBD summary matches frequency, recency and tenure)."""
     rng = np.random.default_rng(seed)
     half = n // 2
-    active = {
-        "recency_days": rng.uniform(1, 20, half), "frequency": rng.integers(5, 30, half),
-        "orders_30d": rng.integers(1, 4, half), "orders_90d": rng.integers(3, 9, half),
-        "bg_p_alive": rng.uniform(0.9, 1.0, half), "bg_expected_orders": rng.uniform(2, 6, half),
-    }
-    lapsed = {
-        "recency_days": rng.uniform(150, 250, half), "frequency": rng.integers(1, 3, half),
-        "orders_30d": np.zeros(half, int), "orders_90d": np.zeros(half, int),
-        "bg_p_alive": rng.uniform(0.05, 0.4, half), "bg_expected_orders": rng.uniform(0, 0.3, half),
-    }
-    df = pd.concat([pd.DataFrame(active), pd.DataFrame(lapsed)], ignore_index=True)
-    for c in NUMERIC:
-        if c not in df:
-            df[c] = rng.uniform(0, 1, n)
-    df["monetary_total"] = df["frequency"] * 100.0
-    df["past_spend"] = df["orders_90d"] * 100.0
+    tenure = rng.uniform(200, 300, n)
+    recency = np.r_[rng.uniform(1, 20, half), rng.uniform(150, 199, half)]
+    frequency = np.r_[rng.integers(5, 30, half), rng.integers(1, 3, half)]
+    aov = rng.uniform(50, 150, n)
+    df = pd.DataFrame(
+        {
+            "recency_days": recency,
+            "frequency": frequency,
+            "monetary_total": frequency * aov,
+            "avg_order_value": aov,
+            "tenure_days": tenure,
+            "mean_interorder_days": np.where(frequency > 1, (tenure - recency) / np.maximum(frequency - 1, 1), np.nan),
+            "std_interorder_days": rng.uniform(1, 10, n),
+            "orders_30d": np.r_[rng.integers(1, 4, half), np.zeros(half, int)],
+            "orders_90d": np.r_[rng.integers(3, 9, half), np.zeros(half, int)],
+            "orders_prev_90d": rng.integers(0, 4, n),
+            "activity_trend": rng.uniform(-1, 1, n),
+            "spend_90d": np.r_[rng.uniform(200, 800, half), np.zeros(half)],
+            "spend_365d": frequency * aov,
+            "avg_basket_items": rng.uniform(5, 50, n),
+            "avg_basket_lines": rng.uniform(1, 10, n),
+            "distinct_products": rng.integers(1, 40, n),
+            "return_rate": rng.uniform(0, 0.1, n),
+            "purchase_days": frequency,
+            "months_active": np.minimum(frequency, 9),
+            "active_weeks_13": np.r_[rng.integers(3, 10, half), np.zeros(half, int)],
+            "active_weeks_26": np.r_[rng.integers(5, 20, half), np.zeros(half, int)],
+            "decayed_orders_30": np.r_[rng.uniform(1, 5, half), rng.uniform(0, 0.01, half)],
+            "decayed_orders_90": np.r_[rng.uniform(3, 9, half), rng.uniform(0, 0.3, half)],
+            "tenure_censored": rng.integers(0, 2, n),
+            "btyd_frequency": frequency - 1,
+            "btyd_recency_days": np.where(frequency > 1, tenure - recency, 0.0),
+            "btyd_age_days": tenure,
+            "btyd_monetary": np.where(frequency > 1, aov, 0.0),
+        }
+    )
+    df["past_spend"] = df["spend_90d"]
     df["country"] = np.where(np.arange(n) % 3 == 0, "Germany", "United Kingdom")
     df["customer_id"] = np.arange(1, n + 1)
     df["churned"] = np.r_[np.zeros(half, int), np.ones(half, int)]
@@ -46,20 +70,24 @@ def cohorts(n: int = 400, seed: int = 0) -> pd.DataFrame:
     return df
 
 
+def fitted_churn(seed: int = 0) -> ChurnModel:
+    return ChurnModel(horizon_days=92).fit(cohorts(seed=seed), cohorts(seed=seed + 100))
+
+
 def card(kind: str, service: str) -> ModelCard:
     return ModelCard(kind=kind, feature_service=service, as_of="2011-07-01T00:00:00+00:00", horizon_days=92, trained_at="now")
 
 
 def test_churn_separates_two_cohorts_perfectly() -> None:
-    train, test = cohorts(seed=0), cohorts(seed=1)
-    model = ChurnModel().fit(train)
+    test = cohorts(seed=1)
+    model = ChurnModel(horizon_days=92).fit(cohorts(seed=0), test)
     p = model.predict_proba(test)
     assert classification_metrics(test["churned"].to_numpy(), p, probabilities=True)["roc_auc"] == pytest.approx(1.0)
     assert (risk_band(p[test["churned"] == 1]) == "high").mean() > 0.9
 
 
 def test_a_more_recent_purchase_never_raises_churn_risk() -> None:
-    model = ChurnModel().fit(cohorts())
+    model = fitted_churn()
     base = cohorts(seed=2)
     for delta in (1.0, 10.0, 60.0):
         fresher = base.assign(recency_days=(base["recency_days"] - delta).clip(lower=0))
@@ -67,14 +95,14 @@ def test_a_more_recent_purchase_never_raises_churn_risk() -> None:
 
 
 def test_renaming_customers_changes_no_score() -> None:
-    model = ChurnModel().fit(cohorts())
+    model = fitted_churn()
     test = cohorts(seed=3)
     renamed = test.assign(customer_id=test["customer_id"] + 10_000)
     assert np.array_equal(model.predict_proba(test), model.predict_proba(renamed))
 
 
 def test_reason_codes_name_recency_for_a_lapsed_customer() -> None:
-    model = ChurnModel().fit(cohorts())
+    model = fitted_churn()
     lapsed = cohorts(seed=4).iloc[[-1]]
     reasons = model.reasons(lapsed)[0]
     assert reasons and reasons[0]["effect"] > 0
@@ -82,14 +110,14 @@ def test_reason_codes_name_recency_for_a_lapsed_customer() -> None:
 
 
 def test_churn_model_round_trips_and_refuses_a_mismatch(tmp_path: Path) -> None:
-    model = ChurnModel().fit(cohorts())
-    model.save(tmp_path / "m", card("churn", "churn_v1"))
+    model = fitted_churn()
+    model.save(tmp_path / "m", card("churn", "churn_v2"))
     again = ChurnModel.load(tmp_path / "m")
     test = cohorts(seed=5)
     assert np.array_equal(model.predict_proba(test), again.predict_proba(test))
-    with pytest.raises(ModelLoadError, match="trained on feature service churn_v1, the store provides churn_v2"):
-        ChurnModel.load(tmp_path / "m", feature_service="churn_v2")
-    (tmp_path / "m" / "classifier.skops").write_bytes(b"not a zip")
+    with pytest.raises(ModelLoadError, match="trained on feature service churn_v2, the store provides churn_v3"):
+        ChurnModel.load(tmp_path / "m", feature_service="churn_v3")
+    (tmp_path / "m" / "trees.skops").write_bytes(b"not a zip")
     with pytest.raises(ModelLoadError, match="corrupt model file"):
         ChurnModel.load(tmp_path / "m")
     meta = json.loads((tmp_path / "m" / "model_card.json").read_text())
@@ -100,11 +128,24 @@ def test_churn_model_round_trips_and_refuses_a_mismatch(tmp_path: Path) -> None:
 
 
 def test_label_free_churn_follows_p_alive() -> None:
-    frame = pd.DataFrame({"bg_p_alive": [1.0, 0.5, 0.1], "bg_expected_orders": [2.0, 1.0, 0.2]})
-    p = ChurnModel(label_free=True).predict_proba(frame)
-    assert p[0] == pytest.approx(np.exp(-2.0))
-    assert p[1] == pytest.approx(1 - 0.5 * (1 - np.exp(-2.0)))
-    assert p[0] < p[1] < p[2]
+    frame = cohorts(seed=7)
+    model = ChurnModel(horizon_days=92).fit_label_free(frame)
+    p = model.predict_proba(frame)
+    f = model.prepare(frame)
+    alive, orders = f["bg_p_alive"].to_numpy(), f["bg_expected_orders"].to_numpy()
+    # P(no order) = P(dead) + P(alive) * exp(-expected orders of an alive customer)
+    assert p == pytest.approx(1 - alive * (1 - np.exp(-orders / alive)))
+    assert p[frame["churned"] == 1].min() > p[frame["churned"] == 0].max()
+
+
+def test_a_customer_without_features_gets_a_score_not_an_error() -> None:
+    model = fitted_churn()
+    blank = pd.DataFrame({"customer_id": [999], "country": [""]})
+    for c in cohorts(n=2).columns:
+        if c not in blank:
+            blank[c] = np.nan
+    p = model.predict_proba(blank)
+    assert np.isfinite(p).all() and 0 <= p[0] <= 1
 
 
 def test_tiers_on_their_boundaries() -> None:
@@ -128,15 +169,15 @@ def test_value_metrics_by_hand() -> None:
 
 
 def test_ltv_ranks_the_spenders_first(tmp_path: Path) -> None:
-    model = LTVModel(horizon_days=92).fit(cohorts())
     test = cohorts(seed=6)
+    model = LTVModel(horizon_days=92).fit(cohorts(), test)
     pred = model.predict(test, dt.datetime(2011, 7, 1, tzinfo=UTC))
     assert value_metrics(test["spend"].to_numpy(), pred["predicted_value"].to_numpy())["top10_revenue_share"] > 0.15
     active = pred.iloc[:200]
     assert (active["predicted_orders"] > 1).mean() > 0.9
     assert active["expected_next_order_date"].notna().all()
     model.set_tiers(pred["predicted_value"].to_numpy())
-    model.save(tmp_path / "ltv", card("ltv", "ltv_v1"))
+    model.save(tmp_path / "ltv", card("ltv", "ltv_v2"))
     again = LTVModel.load(tmp_path / "ltv")
     pd.testing.assert_frame_equal(again.predict(test, dt.datetime(2011, 7, 1, tzinfo=UTC)), model.predict(test, dt.datetime(2011, 7, 1, tzinfo=UTC)))
 
@@ -146,10 +187,12 @@ def test_snapshot_plan_keeps_every_label_window_before_as_of() -> None:
     plan = plan_snapshots(first, dt.date(2011, 7, 1), 92)
     assert plan.holdout == dt.datetime(2011, 3, 25, tzinfo=UTC)  # 14 weekly steps back: 98 >= 92 days
     assert all(t + dt.timedelta(days=92) <= dt.datetime(2011, 7, 1, tzinfo=UTC) for t in plan.all)
-    assert all(t >= first + dt.timedelta(days=56) for t in plan.train)
-    assert [(b - a).days for a, b in zip(plan.all, plan.all[1:])] == [14] * len(plan.train)
+    assert all(t >= first + dt.timedelta(days=28) for t in plan.train)
+    assert [(b - a).days for a, b in zip(plan.all, plan.all[1:])] == [7] * len(plan.train)  # every week trains
     with pytest.raises(TooLittleHistoryError, match="first order is on 2011-05-01"):
         plan_snapshots(dt.datetime(2011, 5, 1, tzinfo=UTC), dt.date(2011, 7, 1), 92)
+    with pytest.raises(TooLittleHistoryError, match="none is left to train on"):  # a holdout but no training week
+        plan_snapshots(dt.datetime(2011, 2, 24, tzinfo=UTC), dt.date(2011, 7, 1), 92)
 
 
 def test_labels_count_only_the_window() -> None:

@@ -76,7 +76,7 @@ def test_historical_join_takes_the_latest_snapshot_not_after_the_entity_time(bui
     t0, t1 = mine.index[-2], mine.index[-1]
     between = t0 + (t1 - t0) / 2
     ent = pd.DataFrame({"customer_id": [12347, 12347], "event_timestamp": [between, t1]})
-    got = historical_features(store, ent, "churn_v1").sort_values("event_timestamp")
+    got = historical_features(store, ent, "churn_v2").sort_values("event_timestamp")
     assert got["recency_days"].tolist() == pytest.approx([mine.at[t0, "recency_days"], mine.at[t1, "recency_days"]])
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -89,3 +90,32 @@ def test_snapshot_grid_ends_at_as_of_and_starts_after_the_first_order() -> None:
     assert [g.day for g in grid] == [8, 15, 22, 29]
     with pytest.raises(ValueError, match="at least 1 day, got 0"):
         snapshot_grid(first, T, 0)
+
+
+def test_purchase_history_summary_counts_days_not_invoices(built) -> None:
+    """The BG/NBD summary counts purchase days; regularity and decay features by hand."""
+    _, cust, _ = built
+    a = cust.loc[12345]  # orders on 1, 5 and 11 January, snapshot on the 15th
+    assert a["purchase_days"] == 3 and a["btyd_frequency"] == 2
+    assert a["btyd_recency_days"] == pytest.approx(10.0)  # 1st to 11th, whole days
+    assert a["btyd_age_days"] == pytest.approx(14.0)  # 1st to the 15th
+    assert a["btyd_monetary"] == pytest.approx((20.0 + 30.0) / 2)  # the first day's 20 left out
+    assert a["months_active"] == 1
+    assert a["active_weeks_13"] == 2  # ages 3.6, 9.9 and 13.6 days: weeks 0, 1, 1
+    ages = [(T - dt.datetime(2011, 1, d, 10, tzinfo=UTC)).total_seconds() / 86400 for d in (1, 5, 11)]
+    assert a["decayed_orders_30"] == pytest.approx(sum(np.exp(-x / 30) for x in ages))
+    assert a["tenure_censored"] == 1  # first seen in the export's first four weeks
+    b = cust.loc[23456]
+    assert b["btyd_frequency"] == 0 and b["btyd_recency_days"] == 0 and b["btyd_monetary"] == 0
+
+
+def test_lines_without_a_product_count_for_customers_not_products(tmp_path: Path, home: Path) -> None:
+    """A shop that exports no product detail still gets customer features."""
+    rows = [line("9001", "", 1, "2011-01-03 10:00:00", 40.0, cust="555.0", desc=""),
+            line("9002", "", 2, "2011-01-09 10:00:00", 25.0, cust="555.0", desc="")]
+    ingest([write_raw(tmp_path / "no-products.csv", rows)], home / "data")
+    b = build_features(home / "data", home / "fs" / "data", dt.date(2011, 1, 15), snapshots=[T])
+    cust = pd.read_parquet(b.customer_path).set_index("customer_id")
+    assert cust.loc[555, "frequency"] == 2 and cust.loc[555, "monetary_total"] == pytest.approx(90.0)
+    assert cust.loc[555, "distinct_products"] == 0
+    assert pd.read_parquet(b.product_path).empty

@@ -214,3 +214,26 @@ def test_cli_reports_a_bad_file_without_a_traceback(tmp_path: Path, home: Path) 
     assert res.exit_code == 2
     assert "missing column(s) CustomerID" in res.stderr
     assert "Traceback" not in res.output
+
+
+def test_exports_without_product_columns_are_read_as_unknown_products(tmp_path: Path, home: Path) -> None:
+    header = ["InvoiceNo", "Quantity", "InvoiceDate", "UnitPrice", "CustomerID"]
+    f = write_raw(tmp_path / "bare.csv", [["1", "2", "2011-01-03 10:00:00", "9.5", "42"],
+                                         ["2", "1", "2011-01-04 10:00:00", "3.0", "42"]], header=header)
+    report = ingest([f], home / "data")
+    assert report.classes["sale"] == 2 and report.quarantined == 0
+    df = canonical(home / "data")
+    assert df["item_id"].isna().all() and df["customer_id"].tolist() == [42, 42]
+    assert df["amount"].tolist() == pytest.approx([19.0, 3.0])
+
+
+def test_known_customers_include_those_whose_only_order_was_quarantined(tmp_path: Path, home: Path) -> None:
+    import datetime as dt
+
+    from training.data import known_customers
+
+    ingest([write_raw(tmp_path / "2010-12-01.csv", DAY1 + [line("536400", "22960", 74215, "2010-12-01 09:00:00", 1.04, cust="12346.0")])],
+           home / "data")
+    ids = known_customers(home / "data", dt.date(2010, 12, 2)).tolist()
+    assert ids == [12346, 17850]
+    assert known_customers(home / "data", dt.date(2010, 12, 1)).tolist() == []

@@ -7,7 +7,8 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from tests.test_customer_models import card, cohorts
+from tests.test_customer_models import card, cohorts, fitted_churn
+from training.train import INPUT_COLUMNS
 from training import registry
 from training.churn import ChurnModel, classification_metrics
 
@@ -22,9 +23,9 @@ def mlruns(tmp_path: Path) -> Path:
 
 
 def register(model: ChurnModel, tmp: Path, tag: str) -> str:
-    example = cohorts(n=10, seed=9).drop(columns=["churned", "spend", "orders", "past_spend"])
+    example = cohorts(n=10, seed=9)[INPUT_COLUMNS]
     with mlflow.start_run(run_name=tag):
-        model.save(tmp / tag, card("churn", "churn_v1"))
+        model.save(tmp / tag, card("churn", "churn_v2"))
         _, version = registry.log_and_register(
             "churn", tmp / tag, input_example=example, output_example=model.score(example, with_reasons=False)
         )
@@ -38,7 +39,7 @@ def test_gate_promotes_only_a_challenger_at_least_as_good(mlruns: Path, tmp_path
     def auc_of(directory: Path) -> float:
         return classification_metrics(y, ChurnModel.load(directory).predict_proba(hold), probabilities=True)["roc_auc"]
 
-    good = ChurnModel().fit(cohorts(seed=1))
+    good = fitted_churn(1)
     v1 = register(good, tmp_path, "good")
     first = registry.gate("churn", v1, auc_of(tmp_path / "good"), auc_of)
     assert first.promoted and "no champion yet" in first.reason
@@ -46,7 +47,7 @@ def test_gate_promotes_only_a_challenger_at_least_as_good(mlruns: Path, tmp_path
     # A model trained on shuffled labels is worse on the same holdout: it must not replace the champion.
     noisy = cohorts(seed=2)
     noisy["churned"] = noisy["churned"].sample(frac=1.0, random_state=0).to_numpy()
-    bad = ChurnModel().fit(noisy)
+    bad = ChurnModel(horizon_days=92).fit(noisy, hold)
     v2 = register(bad, tmp_path, "bad")
     second = registry.gate("churn", v2, auc_of(tmp_path / "bad"), auc_of)
     assert not second.promoted and "kept the champion" in second.reason
@@ -67,7 +68,7 @@ def test_gate_promotes_only_a_challenger_at_least_as_good(mlruns: Path, tmp_path
 
 
 def test_champion_loads_from_the_registry_by_alias(mlruns: Path, tmp_path: Path) -> None:
-    model = ChurnModel().fit(cohorts(seed=1))
+    model = fitted_churn(1)
     v = register(model, tmp_path, "m")
     registry.gate("churn", v, 1.0, lambda d: 0.0)
     version, directory = registry.load_champion_dir("churn", tmp_path / "dl")
@@ -75,7 +76,7 @@ def test_champion_loads_from_the_registry_by_alias(mlruns: Path, tmp_path: Path)
     test = cohorts(seed=3)
     assert (ChurnModel.load(directory).predict_proba(test) == model.predict_proba(test)).all()
     pyfunc = mlflow.pyfunc.load_model("models:/churn@champion")
-    out = pyfunc.predict(test.drop(columns=["churned", "spend", "orders", "past_spend"]))
+    out = pyfunc.predict(test[INPUT_COLUMNS])
     assert out["churn_probability"].to_numpy() == pytest.approx(model.predict_proba(test))
 
 
@@ -93,7 +94,7 @@ def test_registry_on_a_postgres_backed_tracking_store(tmp_path: Path) -> None:
         registry.configure(tmp_path / "mlruns", f"postgresql+psycopg://postgres@127.0.0.1:5432/{db}")
         registry.experiment("patron-churn", tmp_path / "mlruns")
         mlflow.set_experiment("patron-churn")
-        model = ChurnModel().fit(cohorts(seed=1))
+        model = fitted_churn(1)
         v = register(model, tmp_path, "pg")
         assert registry.gate("churn", v, 0.9, lambda d: 0.0).promoted
         version, directory = registry.load_champion_dir("churn", tmp_path / "dl")

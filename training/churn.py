@@ -1,10 +1,15 @@
 """Churn: the probability that a customer makes no purchase within the horizon.
 
-Gradient-boosted trees over the churn_v1 feature service plus the BG/NBD purchase-history outputs,
-calibrated with isotonic regression so that the probability means what it says (0.7 = seven in
-ten such customers do not come back). Monotonic constraints encode what must hold for any shop: a
-longer time since the last order never lowers the risk, a higher BG/NBD probability of being alive
-never raises it. Reason codes say which features push one customer's risk above a typical one's.
+The average of two calibrated models over the churn_v2 features (see :mod:`training.customer` for
+why two): a logistic regression on log-scaled behaviour and purchase-history outputs, and
+gradient-boosted trees calibrated with isotonic regression, so that the probability means what it
+says (0.7 = seven in ten such customers do not come back). What must hold for any shop is built
+in: in the trees, a longer time since the last order never lowers the risk and a higher BG/NBD
+probability of being alive never raises it; in the logistic regression, a feature whose fitted
+sign contradicts that is dropped. Reason codes say which features push one customer's risk above a
+typical retained customer's.
+
+A shop too young for any labelled snapshot gets the label-free model: BG/NBD alone.
 """
 
 from __future__ import annotations
@@ -16,23 +21,36 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from sklearn.base import BaseEstimator
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import brier_score_loss, log_loss, roc_auc_score
-from sklearn.pipeline import make_pipeline
+from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from features.repo.feature_services import CUSTOMER_BEHAVIOUR
 from training.base import ModelCard, ModelLoadError, load_estimator, save_estimator
+from training.customer import (
+    LOG,
+    RAW,
+    TREE,
+    PurchaseHistory,
+    check_columns,
+    frequent_countries,
+    log_features,
+    read_json,
+    tree_features,
+    with_history,
+    write_json,
+)
 
 log = logging.getLogger(__name__)
 
-FEATURE_SERVICE = "churn_v1"
-HISTORY = ["bg_p_alive", "bg_expected_orders", "bg_expected_value"]
-NUMERIC = [c for c in CUSTOMER_BEHAVIOUR if c != "country"] + HISTORY
-FEATURES = NUMERIC + ["country_code"]
-MONOTONIC = {"recency_days": 1, "bg_p_alive": -1, "orders_30d": -1, "orders_90d": -1}
+FEATURE_SERVICE = "churn_v2"
+FEATURES = [*TREE, "country_code"]  # the trees' inputs
+MONOTONIC = {"recency_days": 1, "overdue": 1, "bg_p_alive": -1, "orders_30d": -1, "orders_90d": -1}
+# Linear terms whose sign is known: +1 may only raise the risk, -1 only lower it.
+SIGNS = {"log_recency": 1, "log_overdue": 1, "log_p_alive": -1, "log_expected_orders": -1}
 # Features a CRM user can act on, in words; reason codes are drawn from these.
 REASON_TEXT = {
     "recency_days": "days since the last order",
@@ -45,7 +63,7 @@ REASON_TEXT = {
     "tenure_days": "days as a customer",
     "return_rate": "share of spend returned",
     "spend_90d": "spend in the last 90 days",
-    "bg_p_alive": "purchase-pattern probability of still being active",
+    "active_weeks_13": "weeks with an order, of the last 13",
 }
 DEFAULT_BANDS = (0.35, 0.65)  # low < 0.35 <= medium < 0.65 <= high
 
@@ -55,9 +73,35 @@ def risk_band(p: np.ndarray | float, bands: tuple[float, float] = DEFAULT_BANDS)
     return np.where(p >= bands[1], "high", np.where(p >= bands[0], "medium", "low"))
 
 
+def fit_signed_logistic(x: pd.DataFrame, y: np.ndarray, signs: dict[str, int], C: float = 0.3) -> tuple[Pipeline, list[str]]:
+    """Logistic regression on standardised inputs; a feature of known direction whose coefficient
+    comes out with the wrong sign (collinearity does that) is dropped and the model refitted."""
+    cols = list(x.columns)
+    while True:
+        model = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=3000)).fit(x[cols].to_numpy(), y)
+        coef = dict(zip(cols, model[-1].coef_[0]))
+        wrong = [c for c, s in signs.items() if c in coef and coef[c] * s < 0]
+        if not wrong:
+            return model, cols
+        cols.remove(max(wrong, key=lambda c: abs(coef[c])))
+
+
+def by_snapshot(frame: pd.DataFrame, horizon_days: int) -> pd.DataFrame:
+    """Each snapshot's rows with purchase-history outputs from a model fitted on that snapshot:
+    the same as at prediction time, when the model is fitted on today's customers."""
+    if "snapshot" not in frame.columns:
+        return with_history(frame, PurchaseHistory.fit(frame), horizon_days)
+    parts = [with_history(g, PurchaseHistory.fit(g), horizon_days) for _, g in frame.groupby("snapshot", sort=True)]
+    return pd.concat(parts).loc[frame.index]
+
+
 @dataclass
 class ChurnModel:
-    classifier: CalibratedClassifierCV | None = None
+    horizon_days: int = 90
+    history: PurchaseHistory | None = None
+    logit: Pipeline | None = None
+    logit_columns: list[str] = field(default_factory=list)
+    trees: BaseEstimator | None = None
     countries: list[str] = field(default_factory=list)
     medians: dict[str, float] = field(default_factory=dict)
     bands: tuple[float, float] = DEFAULT_BANDS
@@ -65,89 +109,97 @@ class ChurnModel:
     kind: str = "churn"
 
     # ------------------------------------------------------------------ fit / predict
-    def matrix(self, frame: pd.DataFrame) -> pd.DataFrame:
-        missing = [c for c in NUMERIC + ["country"] if c not in frame.columns]
-        if missing:
-            raise ValueError(f"churn model needs columns {missing}, the frame has {sorted(frame.columns)}")
-        x = frame[NUMERIC].astype(float).copy()
-        codes = {c: i for i, c in enumerate(self.countries)}
-        x["country_code"] = frame["country"].map(codes).astype(float)  # unseen country -> missing
-        return x[FEATURES]
+    def fit(self, labelled: pd.DataFrame, current: pd.DataFrame, *, seed: int = 0) -> "ChurnModel":
+        """Fit on labelled snapshots (``churned`` = no order in the horizon after the snapshot).
 
-    def fit(self, frame: pd.DataFrame, *, seed: int = 0) -> "ChurnModel":
-        counts = frame["country"].value_counts()
-        self.countries = sorted(counts[counts >= 20].index)
-        x = self.matrix(frame)
-        y = frame["churned"].to_numpy()
+        ``current`` holds the features of the customers the model will score (today's snapshot):
+        the purchase-history model is fitted on them.
+        """
+        check_columns(labelled, [*RAW, "country", "churned"], "the churn model")
+        y = labelled["churned"].to_numpy()
         if len(np.unique(y)) < 2:
             raise ValueError(f"churn labels need both classes, got only {np.unique(y).tolist()}")
-        cat = [c == "country_code" for c in FEATURES]
+        train = by_snapshot(labelled, self.horizon_days)
+        self.countries = frequent_countries(train)
+        self.logit, self.logit_columns = fit_signed_logistic(log_features(train), y, SIGNS)
+        x = tree_features(train, self.countries)
         base = HistGradientBoostingClassifier(
             learning_rate=0.05,
             max_iter=250,
             max_leaf_nodes=15,
             min_samples_leaf=40,
             l2_regularization=1.0,
-            categorical_features=cat,
+            categorical_features=[c == "country_code" for c in FEATURES],
             monotonic_cst=[MONOTONIC.get(c, 0) for c in FEATURES],
             random_state=seed,
         )
-        self.classifier = CalibratedClassifierCV(base, method="isotonic", cv=3).fit(x, y)
+        self.trees = CalibratedClassifierCV(base, method="isotonic", cv=3).fit(x, y)
         # Reason codes compare a customer with a typical customer who stayed.
-        stayed = x[y == 0]
-        self.medians = {c: float(np.nanmedian(stayed[c])) for c in REASON_TEXT}
+        stayed = labelled[y == 0]
+        self.medians = {c: float(np.nanmedian(stayed[c].astype(float))) for c in REASON_TEXT}
+        self.history = PurchaseHistory.fit(current)
+        self.label_free = False
         return self
 
-    def predict_proba(self, frame: pd.DataFrame) -> np.ndarray:
+    def fit_label_free(self, current: pd.DataFrame) -> "ChurnModel":
+        self.history = PurchaseHistory.fit(current)
+        self.label_free = True
+        return self
+
+    def prepare(self, frame: pd.DataFrame) -> pd.DataFrame:
+        if self.history is None:
+            raise RuntimeError("churn model is not fitted")
+        return with_history(frame, self.history, self.horizon_days)
+
+    def predict_proba(self, frame: pd.DataFrame, *, prepared: bool = False) -> np.ndarray:
+        f = frame if prepared else self.prepare(frame)
         if self.label_free:
             # P(no purchase in the horizon) = P(dead) + P(alive) * P(no purchase | alive), with the
             # purchases of an alive customer taken as Poisson with BG/NBD's conditional mean.
-            alive = frame["bg_p_alive"].to_numpy(dtype=float).clip(1e-6, 1)
-            rate = frame["bg_expected_orders"].to_numpy(dtype=float) / alive
+            alive = f["bg_p_alive"].to_numpy(dtype=float).clip(1e-6, 1)
+            rate = f["bg_expected_orders"].to_numpy(dtype=float) / alive
             return 1 - alive * (1 - np.exp(-rate))
-        if self.classifier is None:
-            raise RuntimeError("churn model is not fitted")
-        return self.classifier.predict_proba(self.matrix(frame))[:, 1]
+        p_linear = self.logit.predict_proba(log_features(f)[self.logit_columns].to_numpy())[:, 1]
+        p_trees = self.trees.predict_proba(tree_features(f, self.countries))[:, 1]
+        return 0.5 * (p_linear + p_trees)
 
     def reasons(self, frame: pd.DataFrame, top: int = 3) -> list[list[dict]]:
-        if self.label_free:
-            return [[] for _ in range(len(frame))]
-        return self._reasons(frame, top)
+        """Per customer, the features that on their own make the risk higher than a typical one's.
 
-    def _reasons(self, frame: pd.DataFrame, top: int) -> list[list[dict]]:
-        """Per customer, the features that on their own make the risk higher than a typical customer's.
-
-        Start from a typical retained customer (training medians among those who stayed), put back one
-        of this customer's values at a time, and measure the rise in probability. Unlike removing
-        one feature at a time, this still names every cause when causes are redundant (a lapsed
-        customer has a long recency AND no recent orders; either alone explains the risk).
-        Model-agnostic and cheap: one extra batch prediction per feature.
+        Start from a typical retained customer (training medians among those who stayed), put back
+        one of this customer's values at a time, and measure the rise in probability. Unlike
+        removing one feature at a time, this still names every cause when causes are redundant (a
+        lapsed customer has a long recency AND no recent orders; either alone explains the risk).
+        All the variants go through the model in one batch.
         """
-        x = self.matrix(frame)
-        typical = x.copy()
+        if self.label_free or len(frame) == 0:
+            return [[] for _ in range(len(frame))]
+        n = len(frame)
+        typical = frame.reset_index(drop=True).copy()
         for f, med in self.medians.items():
             typical[f] = med
-        p0 = self.classifier.predict_proba(typical)[:, 1]
-        effects = {}
+        variants = [typical]
         for f in self.medians:
-            x2 = typical.copy()
-            x2[f] = x[f]
-            effects[f] = self.classifier.predict_proba(x2)[:, 1] - p0
-        eff = pd.DataFrame(effects)
+            v = typical.copy()
+            v[f] = frame[f].to_numpy()
+            variants.append(v)
+        p = self.predict_proba(pd.concat(variants, ignore_index=True)).reshape(len(variants), n)
+        effects = p[1:] - p[0]  # (features, customers)
+        names = list(self.medians)
+        values = frame[names].astype(float).to_numpy()
         out = []
-        for i in range(len(x)):
-            row = eff.iloc[i]
-            picks = row[row > 0.005].sort_values(ascending=False).head(top)
+        for i in range(n):
+            order = [j for j in np.argsort(-effects[:, i], kind="stable")[:top] if effects[j, i] > 0.005]
             out.append(
                 [
                     {
-                        "feature": f,
-                        "description": REASON_TEXT[f],
-                        "value": None if pd.isna(x.iloc[i][f]) else round(float(x.iloc[i][f]), 3),
-                        "typical": round(self.medians[f], 3),
-                        "effect": round(float(picks[f]), 4),
+                        "feature": names[j],
+                        "description": REASON_TEXT[names[j]],
+                        "value": None if np.isnan(values[i, j]) else round(float(values[i, j]), 3),
+                        "typical": round(self.medians[names[j]], 3),
+                        "effect": round(float(effects[j, i]), 4),
                     }
-                    for f in picks.index
+                    for j in order
                 ]
             )
         return out
@@ -164,17 +216,21 @@ class ChurnModel:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         if not self.label_free:
-            save_estimator(self.classifier, directory / "classifier.skops")
-        (directory / "churn.json").write_text(
-            json.dumps(
-                {
-                    "countries": self.countries,
-                    "medians": self.medians,
-                    "bands": list(self.bands),
-                    "features": FEATURES,
-                    "label_free": self.label_free,
-                }
-            )
+            save_estimator(self.logit, directory / "linear.skops")
+            save_estimator(self.trees, directory / "trees.skops")
+        write_json(
+            directory / "churn.json",
+            {
+                "horizon_days": self.horizon_days,
+                "history": self.history.to_dict(),
+                "logit_columns": self.logit_columns,
+                "countries": self.countries,
+                "medians": self.medians,
+                "bands": list(self.bands),
+                "features": FEATURES,
+                "log_features": LOG,
+                "label_free": self.label_free,
+            },
         )
         card.save(directory)
 
@@ -182,15 +238,16 @@ class ChurnModel:
     def load(cls, directory: Path, feature_service: str | None = FEATURE_SERVICE) -> "ChurnModel":
         directory = Path(directory)
         ModelCard.load(directory, kind="churn", feature_service=feature_service)
-        try:
-            meta = json.loads((directory / "churn.json").read_text())
-        except (OSError, ValueError) as exc:
-            raise ModelLoadError(f"{directory}: unreadable churn.json ({exc})") from exc
-        if meta.get("features") != FEATURES:
-            raise ModelLoadError(f"{directory}: trained on features {meta.get('features')}, this code uses {FEATURES}")
+        meta = read_json(directory / "churn.json")
+        if meta.get("features") != FEATURES or meta.get("log_features") != LOG:
+            raise ModelLoadError(f"{directory}: trained on other features than this code computes; retrain it")
         label_free = bool(meta.get("label_free", False))
         return cls(
-            classifier=None if label_free else load_estimator(directory / "classifier.skops"),
+            horizon_days=int(meta["horizon_days"]),
+            history=PurchaseHistory.from_dict(meta["history"]),
+            logit=None if label_free else load_estimator(directory / "linear.skops"),
+            logit_columns=list(meta["logit_columns"]),
+            trees=None if label_free else load_estimator(directory / "trees.skops"),
             countries=meta["countries"],
             medians=meta["medians"],
             bands=tuple(meta["bands"]),

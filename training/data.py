@@ -13,10 +13,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import duckdb
+import numpy as np
 import pandas as pd
 
 from features.compute import to_utc
-from features.ingest import OrderStore
+from features.ingest import DATE_FORMATS, OrderStore
 
 VALID_PURCHASE_SQL = (
     "customer_id IS NOT NULL AND quantity > 0 AND unit_price > 0 "
@@ -77,3 +78,34 @@ def window_outcomes(lines: pd.DataFrame, start: dt.datetime, horizon_days: int) 
     w = lines[(lines["invoice_ts"] >= start) & (lines["invoice_ts"] < end)]
     out = w.groupby("customer_id").agg(spend=("amount", "sum"), orders=("invoice_no", "nunique"))
     return out
+
+
+def known_customers(data_dir: Path, end: dt.date | dt.datetime) -> np.ndarray:
+    """Every customer id the shop's exports name before ``end``: those with valid purchases, but also
+    those whose only lines were returns or were quarantined (say, a 74,215-unit order cancelled
+    minutes later). The CRM knows them too, so batch exports list them, scored as customers
+    without a usable history."""
+    store = OrderStore(data_dir)
+    ids: set[int] = set()
+    end_ts = to_utc(end)
+    with duckdb.connect() as con:
+        con.execute("SET TimeZone = 'UTC'")
+        parts = store.committed_parts("order_lines")
+        if parts:
+            files = ", ".join("'" + str(p).replace("'", "''") + "'" for p in parts)
+            rows = con.execute(
+                f"SELECT DISTINCT customer_id FROM read_parquet([{files}]) WHERE customer_id IS NOT NULL AND invoice_ts < $end",
+                {"end": end_ts},
+            ).fetchall()
+            ids.update(int(r[0]) for r in rows)
+        parts = store.committed_parts("quarantine")
+        if parts:
+            files = ", ".join("'" + str(p).replace("'", "''") + "'" for p in parts)
+            rows = con.execute(
+                f"""SELECT DISTINCT TRY_CAST(TRY_CAST(trim(CustomerID) AS DOUBLE) AS BIGINT) AS c
+                    FROM read_parquet([{files}])
+                    WHERE coalesce(try_strptime(trim(InvoiceDate), $formats), TIMESTAMP '9999-01-01') < $end""",
+                {"formats": list(DATE_FORMATS), "end": end_ts.replace(tzinfo=None)},
+            ).fetchall()
+            ids.update(int(r[0]) for r in rows if r[0] is not None and r[0] > 0)
+    return np.array(sorted(ids), dtype=np.int64)

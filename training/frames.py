@@ -1,10 +1,9 @@
 """Labelled training frames for the customer models (churn, LTV).
 
 A frame is one row per (customer, snapshot T): features as of T from Feast's point-in-time join
-(the model's feature service), purchase-history model outputs fitted on orders before T, and
-labels from the window [T, T + horizon). No label window may cross ``as_of``: the latest snapshot
-is the largest grid date T with T + horizon <= as_of, and it is kept as the holdout on which
-models are compared; earlier snapshots train.
+(the model's feature service) and labels from the window [T, T + horizon). No label window may
+cross ``as_of``: the latest snapshot is the largest grid date T with T + horizon <= as_of, and it
+is kept as the holdout on which models are compared; earlier snapshots train.
 """
 
 from __future__ import annotations
@@ -44,14 +43,15 @@ def plan_snapshots(
     horizon_days: int,
     *,
     every_days: int = 7,
-    spacing: int = 2,
-    max_train: int = 8,
-    min_history_days: int = 56,
+    spacing: int = 1,
+    max_train: int = 26,
+    min_history_days: int = 28,
 ) -> SnapshotPlan:
     """Snapshot dates on the feature grid (as_of - k * every_days) whose label windows end by as_of.
 
-    Training snapshots are ``spacing`` grid steps apart: consecutive weeks repeat nearly the same
-    customers and labels, so more of them add cost, not information.
+    Every grid step trains (``spacing`` 1), back to ``min_history_days`` after the first order:
+    consecutive weeks repeat many customers, but each adds the ones whose recency crossed a
+    threshold that week, and labelled data is what a young shop lacks most.
     """
     if horizon_days < 1:
         raise ValueError(f"horizon must be at least 1 day, got {horizon_days}")
@@ -71,6 +71,11 @@ def plan_snapshots(
     while t >= earliest and len(train) < max_train:
         train.append(t)
         t -= dt.timedelta(days=spacing * every_days)
+    if not train:
+        raise TooLittleHistoryError(
+            f"only one labelled snapshot ({holdout.date()}) fits before {as_of.date()}: it is needed as the holdout, "
+            "none is left to train on"
+        )
     return SnapshotPlan(as_of=as_of, horizon_days=horizon_days, holdout=holdout, train=sorted(train))
 
 
@@ -92,25 +97,6 @@ def labels(lines: pd.DataFrame, customers: np.ndarray, t: dt.datetime, horizon_d
     return out
 
 
-def history_features(lines: pd.DataFrame, customers: np.ndarray, t: dt.datetime, horizon_days: int) -> pd.DataFrame:
-    """BG/NBD + Gamma-Gamma fitted on orders before t, used as features and as the label-free model."""
-    from training import bgnbd
-
-    summary = bgnbd.rfm_summary(lines, to_utc(t))
-    summary = summary.reindex(customers)
-    bg = bgnbd.BetaGeoModel.fit(summary["frequency"], summary["recency"], summary["T"], penalizer=0.001)
-    gg = bgnbd.GammaGammaModel.fit(summary["frequency"], summary["monetary_value"], penalizer=0.001)
-    clv = bgnbd.customer_lifetime_value(bg, gg, summary, horizon_days)
-    return pd.DataFrame(
-        {
-            "bg_p_alive": clv["p_alive"].to_numpy(),
-            "bg_expected_orders": clv["expected_orders"].to_numpy(),
-            "bg_expected_value": clv["expected_value"].to_numpy(),
-        },
-        index=pd.Index(customers, name="customer_id"),
-    )
-
-
 def past_window_spend(lines: pd.DataFrame, customers: np.ndarray, t: dt.datetime, horizon_days: int) -> pd.Series:
     """Spend in the horizon-long window before t: the 'past spend' baseline for LTV."""
     t = to_utc(t)
@@ -127,7 +113,7 @@ def build_frame(
     *,
     with_labels: bool = True,
 ) -> pd.DataFrame:
-    """One row per (customer, snapshot): Feast features of ``service`` + history model + labels."""
+    """One row per (customer, snapshot): Feast features of ``service``, past spend, labels."""
     from features.store import historical_features
 
     pieces = []
@@ -137,8 +123,7 @@ def build_frame(
         if len(customers) == 0:
             continue
         entity_rows.append(pd.DataFrame({"customer_id": customers, "event_timestamp": pd.Timestamp(to_utc(t))}))
-        extra = history_features(lines, customers, t, horizon_days)
-        extra["past_spend"] = past_window_spend(lines, customers, t, horizon_days)
+        extra = past_window_spend(lines, customers, t, horizon_days).rename("past_spend").to_frame()
         if with_labels:
             extra = extra.join(labels(lines, customers, t, horizon_days))
         extra["event_timestamp"] = pd.Timestamp(to_utc(t))

@@ -1,31 +1,55 @@
 """Lifetime value within the horizon: predicted spend and orders, probability of being active,
 expected next order date, and a tier.
 
-Two models: gradient-boosted trees with a Poisson loss (spend and order counts are non-negative
-and heavy-tailed; the Poisson deviance fits their scale without a log transform that would
-under-predict the big spenders) over the ltv_v1 features plus the BG/NBD + Gamma-Gamma outputs;
-and, when the shop's history is too short for any labelled snapshot, BG/NBD + Gamma-Gamma alone,
-which need no labels.
+Predicted spend is the average of two estimates over the ltv_v2 features (see
+:mod:`training.customer` for why two model families):
+
+* a two-part model: P(any order in the horizon) from a logistic regression on log-scaled
+  behaviour, times the expected spend of a buyer from a linear model of log spend (retransformed
+  with Duan's smearing factor, so that it estimates the mean, not the geometric mean);
+* gradient-boosted trees with a Poisson loss (spend is non-negative and heavy-tailed; the Poisson
+  deviance fits its scale without a log transform that would under-predict the big spenders).
+
+Orders come from Poisson trees, P(alive) from BG/NBD. A shop too young for any labelled snapshot
+gets BG/NBD + Gamma-Gamma alone, which need no labels.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from scipy.stats import spearmanr
+from sklearn.base import BaseEstimator
 from sklearn.ensemble import HistGradientBoostingRegressor
+from sklearn.linear_model import Ridge
+from sklearn.pipeline import Pipeline, make_pipeline
+from sklearn.preprocessing import StandardScaler
 
 from training.base import ModelCard, ModelLoadError, load_estimator, save_estimator
-from training.churn import NUMERIC as CHURN_NUMERIC
+from training.churn import SIGNS, by_snapshot, fit_signed_logistic
+from training.customer import (
+    LOG,
+    RAW,
+    TREE,
+    PurchaseHistory,
+    check_columns,
+    frequent_countries,
+    log_features,
+    read_json,
+    tree_features,
+    with_history,
+    write_json,
+)
 
-FEATURE_SERVICE = "ltv_v1"
-NUMERIC = CHURN_NUMERIC + ["past_spend"]
-FEATURES = NUMERIC + ["country_code"]
+log = logging.getLogger(__name__)
+
+FEATURE_SERVICE = "ltv_v2"
+FEATURES = [*TREE, "country_code"]
 TIERS = ("platinum", "gold", "silver", "bronze")
 # Share of customers in each tier, best first: the top 5% are platinum, the next 15% gold, ...
 DEFAULT_TIER_SHARES = (0.05, 0.15, 0.30, 0.50)
@@ -50,30 +74,40 @@ def assign_tier(values: np.ndarray | float, cutoffs: list[float]) -> np.ndarray:
 
 @dataclass
 class LTVModel:
-    spend_model: HistGradientBoostingRegressor | None = None
-    orders_model: HistGradientBoostingRegressor | None = None
+    horizon_days: int = 90
+    history: PurchaseHistory | None = None
+    buyer: Pipeline | None = None  # P(any order in the horizon), logistic on the log view
+    buyer_columns: list[str] = field(default_factory=list)
+    buyer_spend: Pipeline | None = None  # E[log spend | ordered], linear on the log view
+    smearing: float = 1.0
+    log_spend_range: tuple[float, float] = (0.0, 0.0)  # of the buyers in training: no extrapolation
+    spend_trees: BaseEstimator | None = None
+    orders_trees: BaseEstimator | None = None
     countries: list[str] = field(default_factory=list)
     cutoffs: list[float] = field(default_factory=list)
-    horizon_days: int = 90
     label_free: bool = False  # BG/NBD + Gamma-Gamma only
     kind: str = "ltv"
 
-    def matrix(self, frame: pd.DataFrame) -> pd.DataFrame:
-        missing = [c for c in NUMERIC + ["country"] if c not in frame.columns]
-        if missing:
-            raise ValueError(f"LTV model needs columns {missing}, the frame has {sorted(frame.columns)}")
-        x = frame[NUMERIC].astype(float).copy()
-        codes = {c: i for i, c in enumerate(self.countries)}
-        x["country_code"] = frame["country"].map(codes).astype(float)
-        return x[FEATURES]
+    def fit(self, labelled: pd.DataFrame, current: pd.DataFrame, *, seed: int = 0) -> "LTVModel":
+        """Fit on labelled snapshots (``spend`` and ``orders`` in the horizon after each snapshot);
+        the purchase-history model is fitted on ``current``, the customers to be scored."""
+        check_columns(labelled, [*RAW, "country", "spend", "orders"], "the LTV model")
+        train = by_snapshot(labelled, self.horizon_days)
+        spend = train["spend"].clip(lower=0).to_numpy(dtype=float)
+        bought = spend > 0
+        if bought.all() or not bought.any():
+            raise ValueError("LTV labels need customers with and without orders in the horizon")
+        xl = log_features(train)
+        self.buyer, self.buyer_columns = fit_signed_logistic(xl, (~bought).astype(int), SIGNS)
+        log_spend = np.log(spend[bought])
+        self.buyer_spend = make_pipeline(StandardScaler(), Ridge(alpha=10.0)).fit(xl[bought].to_numpy(), log_spend)
+        self.log_spend_range = (float(log_spend.min()), float(log_spend.max()))
+        residuals = log_spend - self.buyer_spend.predict(xl[bought].to_numpy())
+        self.smearing = float(np.mean(np.exp(residuals)))
+        self.countries = frequent_countries(train)
+        xt = tree_features(train, self.countries)
 
-    def fit(self, frame: pd.DataFrame, *, seed: int = 0) -> "LTVModel":
-        counts = frame["country"].value_counts()
-        self.countries = sorted(counts[counts >= 20].index)
-        x = self.matrix(frame)
-        cat = [c == "country_code" for c in FEATURES]
-
-        def hgb() -> HistGradientBoostingRegressor:
+        def poisson_trees() -> HistGradientBoostingRegressor:
             return HistGradientBoostingRegressor(
                 loss="poisson",
                 learning_rate=0.05,
@@ -81,32 +115,43 @@ class LTVModel:
                 max_leaf_nodes=15,
                 min_samples_leaf=40,
                 l2_regularization=1.0,
-                categorical_features=cat,
+                categorical_features=[c == "country_code" for c in FEATURES],
                 random_state=seed,
             )
 
-        self.spend_model = hgb().fit(x, frame["spend"].clip(lower=0))
-        self.orders_model = hgb().fit(x, frame["orders"].clip(lower=0))
+        self.spend_trees = poisson_trees().fit(xt, spend)
+        self.orders_trees = poisson_trees().fit(xt, train["orders"].clip(lower=0))
+        self.history = PurchaseHistory.fit(current)
         self.label_free = False
         return self
 
+    def fit_label_free(self, current: pd.DataFrame) -> "LTVModel":
+        self.history = PurchaseHistory.fit(current)
+        self.label_free = True
+        return self
+
     def predict(self, frame: pd.DataFrame, as_of: dt.datetime) -> pd.DataFrame:
+        if self.history is None:
+            raise RuntimeError("LTV model is not fitted")
+        f = with_history(frame, self.history, self.horizon_days)
         if self.label_free:
-            value = frame["bg_expected_value"].to_numpy(dtype=float)
-            orders = frame["bg_expected_orders"].to_numpy(dtype=float)
+            value = f["bg_expected_value"].to_numpy(dtype=float)
+            orders = f["bg_expected_orders"].to_numpy(dtype=float)
         else:
-            if self.spend_model is None:
-                raise RuntimeError("LTV model is not fitted")
-            x = self.matrix(frame)
-            value = self.spend_model.predict(x)
-            orders = self.orders_model.predict(x)
-        p_alive = frame["bg_p_alive"].to_numpy(dtype=float)
+            xl = log_features(f)
+            p_buy = 1.0 - self.buyer.predict_proba(xl[self.buyer_columns].to_numpy())[:, 1]
+            # a linear model on the log scale extrapolates exponentially: keep it to the spends seen
+            log_spend = np.clip(self.buyer_spend.predict(xl.to_numpy()), *self.log_spend_range)
+            two_part = p_buy * np.exp(log_spend) * self.smearing
+            xt = tree_features(f, self.countries)
+            value = 0.5 * (two_part + self.spend_trees.predict(xt))
+            orders = self.orders_trees.predict(xt)
+        p_alive = f["bg_p_alive"].to_numpy(dtype=float)
         # Expected wait for the next order: the horizon spread over the expected orders in it.
         # Beyond a year the date says nothing useful; leave it empty.
         wait = np.where(orders > 1e-6, self.horizon_days / np.maximum(orders, 1e-6), np.inf)
-        next_date = [
-            (pd.Timestamp(as_of) + pd.Timedelta(days=float(w))).date().isoformat() if w <= 365 else None for w in wait
-        ]
+        start = pd.Timestamp(as_of)
+        next_date = [(start + pd.Timedelta(days=float(w))).date().isoformat() if w <= 365 else None for w in wait]
         out = pd.DataFrame(
             {
                 "customer_id": frame["customer_id"].to_numpy(),
@@ -127,18 +172,22 @@ class LTVModel:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         if not self.label_free:
-            save_estimator(self.spend_model, directory / "spend.skops")
-            save_estimator(self.orders_model, directory / "orders.skops")
-        (directory / "ltv.json").write_text(
-            json.dumps(
-                {
-                    "countries": self.countries,
-                    "cutoffs": self.cutoffs,
-                    "horizon_days": self.horizon_days,
-                    "label_free": self.label_free,
-                    "features": FEATURES,
-                }
-            )
+            for name in ("buyer", "buyer_spend", "spend_trees", "orders_trees"):
+                save_estimator(getattr(self, name), directory / f"{name}.skops")
+        write_json(
+            directory / "ltv.json",
+            {
+                "horizon_days": self.horizon_days,
+                "history": self.history.to_dict(),
+                "buyer_columns": self.buyer_columns,
+                "smearing": self.smearing,
+                "log_spend_range": list(self.log_spend_range),
+                "countries": self.countries,
+                "cutoffs": self.cutoffs,
+                "label_free": self.label_free,
+                "features": FEATURES,
+                "log_features": LOG,
+            },
         )
         card.save(directory)
 
@@ -146,16 +195,22 @@ class LTVModel:
     def load(cls, directory: Path, feature_service: str | None = FEATURE_SERVICE) -> "LTVModel":
         directory = Path(directory)
         ModelCard.load(directory, kind="ltv", feature_service=feature_service)
-        try:
-            meta = json.loads((directory / "ltv.json").read_text())
-        except (OSError, ValueError) as exc:
-            raise ModelLoadError(f"{directory}: unreadable ltv.json ({exc})") from exc
-        if meta.get("features") != FEATURES:
-            raise ModelLoadError(f"{directory}: trained on features {meta.get('features')}, this code uses {FEATURES}")
-        m = cls(countries=meta["countries"], cutoffs=meta["cutoffs"], horizon_days=meta["horizon_days"], label_free=meta["label_free"])
+        meta = read_json(directory / "ltv.json")
+        if meta.get("features") != FEATURES or meta.get("log_features") != LOG:
+            raise ModelLoadError(f"{directory}: trained on other features than this code computes; retrain it")
+        m = cls(
+            horizon_days=int(meta["horizon_days"]),
+            history=PurchaseHistory.from_dict(meta["history"]),
+            buyer_columns=list(meta["buyer_columns"]),
+            smearing=float(meta["smearing"]),
+            log_spend_range=tuple(meta["log_spend_range"]),
+            countries=meta["countries"],
+            cutoffs=meta["cutoffs"],
+            label_free=bool(meta["label_free"]),
+        )
         if not m.label_free:
-            m.spend_model = load_estimator(directory / "spend.skops")
-            m.orders_model = load_estimator(directory / "orders.skops")
+            for name in ("buyer", "buyer_spend", "spend_trees", "orders_trees"):
+                setattr(m, name, load_estimator(directory / f"{name}.skops"))
         return m
 
 

@@ -50,6 +50,7 @@ from training.recs_baselines import (
     fill_with_popular,
     fit_als,
     load_arrays,
+    product_lines,
     read_meta,
     save_arrays,
     write_meta,
@@ -294,7 +295,7 @@ class Sources:
     @classmethod
     def build(cls, lines: pd.DataFrame, as_of: dt.datetime, p: RecParams) -> "Sources":
         t0 = pd.Timestamp(as_of)
-        lines = lines[lines["invoice_ts"] < t0]
+        lines = product_lines(lines[lines["invoice_ts"] < t0])
         h = History.from_lines(lines, as_of)
         s = cls(h, p)
         s.S = basket_similarity(lines, h.items, p.cop_neighbours, p.cop_shrink)
@@ -673,9 +674,9 @@ class Recommender(RecommenderBase):
         as_of = _as_of_utc(as_of)
         p = self.params
         t_start = time.perf_counter()
-        lines = lines[lines["invoice_ts"] < pd.Timestamp(as_of)]
+        lines = product_lines(lines[lines["invoice_ts"] < pd.Timestamp(as_of)])
         if lines.empty:
-            raise ValueError(f"no order lines before {as_of:%Y-%m-%d}")
+            raise ValueError(f"no order lines with a product before {as_of:%Y-%m-%d}")
         t_train = as_of - dt.timedelta(days=p.label_days)
         windows = list(dict.fromkeys([(p.label_days, p.label_days)] + [tuple(w) for w in p.extra_windows]))
         parts = []

@@ -96,6 +96,12 @@ def load_arrays(path: Path) -> dict[str, np.ndarray]:
         return {k: z[k] for k in z.files}
 
 
+def product_lines(lines: pd.DataFrame) -> pd.DataFrame:
+    """The lines that name a product: exports without product detail still train churn and LTV,
+    but there is nothing to recommend from them."""
+    return lines[lines["item_id"].notna()] if lines["item_id"].isna().any() else lines
+
+
 def _as_of_utc(as_of) -> dt.datetime:
     return to_utc(pd.Timestamp(as_of).to_pydatetime() if not isinstance(as_of, (dt.date, dt.datetime)) else as_of)
 
@@ -135,9 +141,9 @@ class History:
     def from_lines(cls, lines: pd.DataFrame, as_of) -> "History":
         as_of = _as_of_utc(as_of)
         t0 = pd.Timestamp(as_of)
-        df = lines[lines["invoice_ts"] < t0]
+        df = product_lines(lines[lines["invoice_ts"] < t0])
         if df.empty:
-            raise ValueError(f"no order lines before {as_of:%Y-%m-%d}")
+            raise ValueError(f"no order lines with a product before {as_of:%Y-%m-%d}")
         df = df.sort_values(["invoice_ts", "invoice_no"], kind="stable")
         customers = df["customer_id"].drop_duplicates().to_numpy(np.int64)
         items = np.sort(df["item_id"].astype(str).unique()).astype(str)

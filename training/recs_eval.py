@@ -66,6 +66,7 @@ def split_window(lines: pd.DataFrame, as_of: dt.date | dt.datetime, horizon_days
     """(lines before as_of, lines in [as_of, as_of + horizon))."""
     t0 = to_utc(as_of)
     t1 = t0 + dt.timedelta(days=horizon_days)
+    lines = lines[lines["item_id"].notna()]  # a line without a product cannot be recommended
     ts = lines["invoice_ts"]
     return lines[ts < t0], lines[(ts >= t0) & (ts < t1)]
 
@@ -93,7 +94,7 @@ def population(lines: pd.DataFrame, as_of: dt.date | dt.datetime) -> np.ndarray:
 
 def seen_items(lines: pd.DataFrame, as_of: dt.date | dt.datetime) -> dict[int, frozenset]:
     """Per customer, the items bought strictly before ``as_of``."""
-    before = lines[lines["invoice_ts"] < to_utc(as_of)][["customer_id", "item_id"]].drop_duplicates()
+    before = lines[(lines["invoice_ts"] < to_utc(as_of)) & lines["item_id"].notna()][["customer_id", "item_id"]].drop_duplicates()
     return {int(c): frozenset(g.tolist()) for c, g in before.groupby("customer_id")["item_id"]}
 
 

@@ -14,15 +14,15 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import mlflow
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from training import plots, registry
-from training.data import load_lines
+from training.data import known_customers, load_lines
 from training.recs import Recommender
 from training.recs_baselines import BASELINES
 from training.recs_eval import evaluate, evaluate_model, ground_truth, population, seen_items
@@ -34,17 +34,8 @@ FEATURE_SERVICE = "recs_v1"
 K = 20
 
 
-class RecsPyfunc(mlflow.pyfunc.PythonModel):
-    """models:/recommender@champion as a pyfunc: customer ids in, ranked items out."""
-
-    def load_context(self, context: Any) -> None:
-        self.model = Recommender.load(Path(context.artifacts["model"]))
-
-    def predict(self, context: Any, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
-        k = int((params or {}).get("k", K))
-        new_only = bool((params or {}).get("new_only", False))
-        out = self.model.recommend(model_input["customer_id"].to_numpy(), k=k, new_only=new_only)
-        return out[["customer_id", "rank", "item_id", "score", "source"]]
+class NoProductDetailError(ValueError):
+    """The shop's exports carry no product ids, so no recommender can be trained."""
 
 
 def _metrics_key(name: str) -> str:
@@ -61,6 +52,11 @@ def train_recommender(spec: TrainSpec) -> TrainResult:
     registry.experiment("patron-recs", spec.mlruns)
     mlflow.set_experiment("patron-recs")
     lines = load_lines(spec.data_dir, end=spec.as_of)
+    if not lines["item_id"].notna().any():
+        raise NoProductDetailError(
+            f"the order lines before {spec.as_of.date()} name no product (empty StockCode): "
+            "there is nothing to recommend; churn and LTV do not need products"
+        )
     holdout = spec.as_of - dt.timedelta(days=spec.horizon_days)
     notes: list[str] = []
     with mlflow.start_run(run_name=f"recs as of {spec.as_of.date()}"):
@@ -107,7 +103,7 @@ def train_recommender(spec: TrainSpec) -> TrainResult:
             example = pd.DataFrame({"customer_id": customers})
             output = model.recommend(customers, k=5)[["customer_id", "rank", "item_id", "score", "source"]]
             _, version = registry.log_and_register(
-                "recs", model_dir, input_example=example, output_example=output, python_model=RecsPyfunc()
+                "recs", model_dir, input_example=example, output_example=output
             )
         decision = registry.gate(
             "recs", version, metrics.get("recall_at_20", float("-inf")), champion_scorer or (lambda d: float("-inf"))
@@ -145,7 +141,8 @@ def _write(df: pd.DataFrame, path: Path) -> int:
 def export_recommendations(spec: TrainSpec, out_dir: Path) -> RecExport:
     registry.configure(spec.mlruns, spec.mlflow_uri)
     lines = load_lines(spec.data_dir, end=spec.as_of)
-    customers = population(lines, spec.as_of)
+    # everyone the exports name; customers without a usable history get the popular items
+    customers = np.union1d(population(lines, spec.as_of), known_customers(spec.data_dir, spec.as_of))
     with tempfile.TemporaryDirectory() as tmp:
         version, d = registry.load_champion_dir("recs", Path(tmp) / "recs")
         model = Recommender.load(d)

@@ -15,7 +15,6 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import mlflow
 import pandas as pd
@@ -73,33 +72,10 @@ def experiment(name: str, mlruns: Path) -> str:
     return mlflow.create_experiment(name, artifact_location=location)
 
 
-# ---------------------------------------------------------------------- pyfunc wrappers
-
-
-class ChurnPyfunc(mlflow.pyfunc.PythonModel):
-    """models:/churn@champion as a pyfunc: features in, probability and risk band out."""
-
-    def load_context(self, context: Any) -> None:
-        from training.churn import ChurnModel
-
-        self.model = ChurnModel.load(Path(context.artifacts["model"]), feature_service=None)
-
-    def predict(self, context: Any, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
-        return self.model.score(model_input, with_reasons=False)
-
-
-class LTVPyfunc(mlflow.pyfunc.PythonModel):
-    def load_context(self, context: Any) -> None:
-        from training.ltv import LTVModel
-
-        self.model = LTVModel.load(Path(context.artifacts["model"]), feature_service=None)
-
-    def predict(self, context: Any, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
-        as_of = pd.Timestamp((params or {}).get("as_of", pd.Timestamp.now(tz="UTC")))
-        return self.model.predict(model_input, as_of).drop(columns=["expected_next_order_date"])
-
-
-PYFUNCS: dict[str, type[mlflow.pyfunc.PythonModel]] = {"churn": ChurnPyfunc, "ltv": LTVPyfunc}
+# Each registered version is an MLflow pyfunc logged from code (training/mlflow_models/*.py): the
+# wrapper is a small file of this project, not a pickled object, and the model itself is the
+# Patron model directory logged as its artifact.
+MODEL_CODE = {kind: Path(__file__).resolve().parent / "mlflow_models" / f"{name}.py" for kind, name in REGISTERED.items()}
 
 
 @dataclass
@@ -117,13 +93,12 @@ def log_and_register(
     *,
     input_example: pd.DataFrame,
     output_example: pd.DataFrame,
-    python_model: mlflow.pyfunc.PythonModel | None = None,
 ) -> tuple[str, str]:
     """Log the model directory as a pyfunc in the active run and register a new version."""
     name = REGISTERED[kind]
     info = mlflow.pyfunc.log_model(
         name="model",
-        python_model=python_model or PYFUNCS[kind](),
+        python_model=str(MODEL_CODE[kind]),
         artifacts={"model": str(model_dir)},
         signature=infer_signature(input_example, output_example),
         input_example=input_example,

@@ -25,12 +25,24 @@ from training import plots, registry
 from training.base import ModelCard
 from training.churn import FEATURE_SERVICE as CHURN_SERVICE
 from training.churn import ChurnModel, classification_metrics, recency_baseline, rfm_logistic
+from training.customer import RAW
 from training.data import load_lines
 from training.frames import SnapshotPlan, TooLittleHistoryError, build_frame, plan_snapshots
 from training.ltv import FEATURE_SERVICE as LTV_SERVICE
 from training.ltv import LTVModel, tier_table, value_metrics
 
 log = logging.getLogger(__name__)
+
+# What the customer models read: the feature service's columns (the logged signature's inputs).
+INPUT_COLUMNS = ["customer_id", "country", *RAW]
+
+
+def input_example(frame: pd.DataFrame) -> pd.DataFrame:
+    """A few rows as the models receive them online: counts may be missing, so every feature is a
+    float in the logged signature (an integer column would refuse a missing value)."""
+    example = frame.head(5)[INPUT_COLUMNS].copy()
+    example[RAW] = example[RAW].astype("float64")
+    return example
 
 
 @dataclass(frozen=True)
@@ -95,12 +107,25 @@ def customer_frames(
         try:
             plan = plan_snapshots(lines["invoice_ts"].min(), spec.as_of, spec.horizon_days)
             labelled = build_frame(store, lines, plan.all, spec.horizon_days, CHURN_SERVICE)
+            _check_labels(labelled, plan)
         except TooLittleHistoryError as exc:
             plan, labelled = None, None
             notes.append(f"label-free fallback (BG/NBD + Gamma-Gamma): {exc}")
             log.warning("history too short for supervised models: %s", exc)
     scoring = build_frame(store, lines, [spec.as_of], spec.horizon_days, CHURN_SERVICE, with_labels=False)
     return plan, labelled, scoring, notes
+
+
+def _check_labels(labelled: pd.DataFrame, plan: SnapshotPlan, min_rows: int = 50) -> None:
+    """Supervised models need enough rows and both outcomes in training and in the holdout."""
+    for name, part in (("training", labelled[labelled["snapshot"] < pd.Timestamp(plan.holdout)]),
+                       ("holdout", labelled[labelled["snapshot"] == pd.Timestamp(plan.holdout)])):
+        churned = part["churned"]
+        if len(part) < min_rows or churned.nunique() < 2:
+            raise TooLittleHistoryError(
+                f"the {name} snapshots hold {len(part)} customer rows, {int(churned.sum())} of them churned: "
+                f"a supervised model needs at least {min_rows} rows with both outcomes"
+            )
 
 
 def _log_frame_info(spec: TrainSpec, plan: SnapshotPlan | None, labelled: pd.DataFrame | None, service: str) -> None:
@@ -124,8 +149,9 @@ def train_churn(spec: TrainSpec, plan, labelled, scoring, notes) -> TrainResult:
     with mlflow.start_run(run_name=f"churn as of {spec.as_of.date()}"):
         _log_frame_info(spec, plan, labelled, CHURN_SERVICE)
         baselines: dict[str, dict[str, float]] = {}
+        horizon = spec.horizon_days
         if labelled is None:
-            model = ChurnModel(label_free=True)
+            model = ChurnModel(horizon_days=horizon).fit_label_free(scoring)
             metrics: dict[str, float] = {}
             champion_scorer = None
         else:
@@ -133,7 +159,7 @@ def train_churn(spec: TrainSpec, plan, labelled, scoring, notes) -> TrainResult:
             hold = labelled[labelled["snapshot"] == pd.Timestamp(plan.holdout)]
             y = hold["churned"].to_numpy()
             t0 = time.perf_counter()
-            candidate = ChurnModel().fit(train, seed=spec.seed)
+            candidate = ChurnModel(horizon_days=horizon).fit(train, hold, seed=spec.seed)
             mlflow.log_metric("fit_seconds", time.perf_counter() - t0)
             p = candidate.predict_proba(hold)
             metrics = classification_metrics(y, p, probabilities=True)
@@ -142,7 +168,7 @@ def train_churn(spec: TrainSpec, plan, labelled, scoring, notes) -> TrainResult:
                 "model": p,
                 "recency only": recency_baseline(hold),
                 "RFM logistic": rfm(hold),
-                "BG/NBD (label-free)": ChurnModel(label_free=True).predict_proba(hold),
+                "BG/NBD (label-free)": ChurnModel(horizon_days=horizon).fit_label_free(hold).predict_proba(hold),
             }
             for name, s in scores.items():
                 if name == "model":
@@ -158,7 +184,7 @@ def train_churn(spec: TrainSpec, plan, labelled, scoring, notes) -> TrainResult:
             mlflow.log_figure(plots.gains(y.astype(float), scores, "Churners captured (holdout)"), "plots/gains.png")
             imp = _importances(candidate, hold)
             mlflow.log_dict(imp, "importances.json")
-            model = ChurnModel().fit(labelled, seed=spec.seed)
+            model = ChurnModel(horizon_days=horizon).fit(labelled, scoring, seed=spec.seed)
 
             def champion_scorer(directory: Path) -> float:
                 champ = ChurnModel.load(directory)
@@ -167,7 +193,7 @@ def train_churn(spec: TrainSpec, plan, labelled, scoring, notes) -> TrainResult:
         with tempfile.TemporaryDirectory() as tmp:
             model_dir = Path(tmp) / "churn"
             model.save(model_dir, _card("churn", CHURN_SERVICE, spec, plan, notes))
-            example = scoring.head(5)[["customer_id", "country", *[c for c in model.matrix(scoring).columns if c != "country_code"]]]
+            example = input_example(scoring)
             _, version = registry.log_and_register("churn", model_dir, input_example=example, output_example=model.score(example, with_reasons=False))
         mlflow.set_tags({"notes": " | ".join(notes) or "supervised", "label_free": str(model.label_free)})
         if champion_scorer is None:
@@ -178,13 +204,19 @@ def train_churn(spec: TrainSpec, plan, labelled, scoring, notes) -> TrainResult:
     return TrainResult("churn", version, decision.promoted, decision.reason, metrics, baselines, notes)
 
 
-def _importances(model: ChurnModel, hold: pd.DataFrame) -> dict[str, float]:
-    """Permutation importance on the holdout: drop in AUC when a feature is shuffled."""
-    from sklearn.inspection import permutation_importance
-
-    x = model.matrix(hold)
-    r = permutation_importance(model.classifier, x, hold["churned"], scoring="roc_auc", n_repeats=3, random_state=0)
-    return dict(sorted(((c, float(v)) for c, v in zip(x.columns, r.importances_mean)), key=lambda kv: -kv[1]))
+def _importances(model: ChurnModel, hold: pd.DataFrame, repeats: int = 3) -> dict[str, float]:
+    """Permutation importance on the holdout: the drop in AUC when one input feature is shuffled."""
+    rng = np.random.default_rng(0)
+    y = hold["churned"].to_numpy()
+    base = classification_metrics(y, model.predict_proba(hold), probabilities=False)["roc_auc"]
+    out = {}
+    for c in [*RAW, "country"]:
+        drops = []
+        for _ in range(repeats):
+            shuffled = hold.assign(**{c: rng.permutation(hold[c].to_numpy())})
+            drops.append(base - classification_metrics(y, model.predict_proba(shuffled), probabilities=False)["roc_auc"])
+        out[c] = float(np.mean(drops))
+    return dict(sorted(out.items(), key=lambda kv: -kv[1]))
 
 
 def train_ltv(spec: TrainSpec, plan, labelled, scoring, notes) -> TrainResult:
@@ -196,13 +228,13 @@ def train_ltv(spec: TrainSpec, plan, labelled, scoring, notes) -> TrainResult:
         metrics: dict[str, float] = {}
         champion_scorer = None
         if labelled is None:
-            model = LTVModel(horizon_days=spec.horizon_days, label_free=True)
+            model = LTVModel(horizon_days=spec.horizon_days).fit_label_free(scoring)
         else:
             train = labelled[labelled["snapshot"] < pd.Timestamp(plan.holdout)]
             hold = labelled[labelled["snapshot"] == pd.Timestamp(plan.holdout)]
             actual = hold["spend"].to_numpy()
             t0 = time.perf_counter()
-            candidate = LTVModel(horizon_days=spec.horizon_days).fit(train, seed=spec.seed)
+            candidate = LTVModel(horizon_days=spec.horizon_days).fit(train, hold, seed=spec.seed)
             mlflow.log_metric("fit_seconds", time.perf_counter() - t0)
             pred = candidate.predict(hold, plan.holdout)
             metrics = value_metrics(actual, pred["predicted_value"].to_numpy())
@@ -216,7 +248,9 @@ def train_ltv(spec: TrainSpec, plan, labelled, scoring, notes) -> TrainResult:
                 "model": pred["predicted_value"].to_numpy(),
                 "past spend": hold["past_spend"].to_numpy(),
                 "total spend": hold["monetary_total"].to_numpy(),
-                "BG/NBD + Gamma-Gamma": hold["bg_expected_value"].to_numpy(),
+                "BG/NBD + Gamma-Gamma": LTVModel(horizon_days=spec.horizon_days).fit_label_free(hold).predict(hold, plan.holdout)[
+                    "predicted_value"
+                ].to_numpy(),
             }
             for name, s in scores.items():
                 if name != "model":
@@ -228,7 +262,7 @@ def train_ltv(spec: TrainSpec, plan, labelled, scoring, notes) -> TrainResult:
             mlflow.log_figure(plots.deciles(actual, pred["predicted_value"].to_numpy()), "plots/deciles.png")
             mlflow.log_figure(plots.gains(actual, scores, "Revenue captured (holdout)"), "plots/gains.png")
             mlflow.log_table(table.reset_index(), "tier_table.json")
-            model = LTVModel(horizon_days=spec.horizon_days).fit(labelled, seed=spec.seed)
+            model = LTVModel(horizon_days=spec.horizon_days).fit(labelled, scoring, seed=spec.seed)
 
             def champion_scorer(directory: Path) -> float:
                 champ = LTVModel.load(directory)
@@ -240,8 +274,7 @@ def train_ltv(spec: TrainSpec, plan, labelled, scoring, notes) -> TrainResult:
         with tempfile.TemporaryDirectory() as tmp:
             model_dir = Path(tmp) / "ltv"
             model.save(model_dir, _card("ltv", LTV_SERVICE, spec, plan, notes))
-            cols = ["customer_id", "country", *[c for c in model.matrix(scoring).columns if c != "country_code"]]
-            example = scoring.head(5)[cols]
+            example = input_example(scoring)
             out = model.predict(example, spec.as_of).drop(columns=["expected_next_order_date"])
             _, version = registry.log_and_register("ltv", model_dir, input_example=example, output_example=out)
         mlflow.set_tags({"notes": " | ".join(notes) or "supervised", "label_free": str(model.label_free)})

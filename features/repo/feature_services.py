@@ -27,16 +27,29 @@ CUSTOMER_BEHAVIOUR = [
     "distinct_products",
     "return_rate",
     "country",
+    "purchase_days",
+    "months_active",
+    "active_weeks_13",
+    "active_weeks_26",
+    "decayed_orders_30",
+    "decayed_orders_90",
+    "tenure_censored",
+    "btyd_frequency",
+    "btyd_recency_days",
+    "btyd_age_days",
+    "btyd_monetary",
 ]
 
-churn_v1 = FeatureService(
-    name="churn_v1",
+# v2: regularity (active weeks and months), decayed order counts, censored tenure and the BG/NBD
+# summary, from which the models compute purchase-history probabilities themselves.
+churn_v2 = FeatureService(
+    name="churn_v2",
     features=[customer_features[CUSTOMER_BEHAVIOUR]],
     description="Churn model inputs: recency, frequency, value, rhythm and trend of a customer's orders.",
 )
 
-ltv_v1 = FeatureService(
-    name="ltv_v1",
+ltv_v2 = FeatureService(
+    name="ltv_v2",
     features=[customer_features[CUSTOMER_BEHAVIOUR]],
     description="Lifetime-value model inputs: the same behaviour summary as churn.",
 )
@@ -50,4 +63,4 @@ recs_v1 = FeatureService(
     description="Recommendation ranker inputs: product popularity and trend plus the customer's activity.",
 )
 
-FEATURE_SERVICES = {fs.name: fs for fs in (churn_v1, ltv_v1, recs_v1)}
+FEATURE_SERVICES = {fs.name: fs for fs in (churn_v2, ltv_v2, recs_v1)}

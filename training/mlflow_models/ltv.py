@@ -1,0 +1,7 @@
+"""The registered model `ltv` as an MLflow pyfunc, logged from code (see training/pyfunc.py)."""
+
+import mlflow
+
+from training.pyfunc import LTVPyfunc
+
+mlflow.models.set_model(LTVPyfunc())
