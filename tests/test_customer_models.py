@@ -203,3 +203,18 @@ def test_labels_count_only_the_window() -> None:
     lab = labels(lines, np.array([1, 2]), t, 20)  # [5 Jan, 25 Jan): not 1 Feb, not 1 May
     assert lab.loc[1, "spend"] == 20.0 and lab.loc[1, "orders"] == 1 and lab.loc[1, "churned"] == 0
     assert lab.loc[2, "spend"] == 0.0 and lab.loc[2, "churned"] == 1
+
+
+def test_the_fast_scorers_give_scikit_learns_numbers() -> None:
+    """The request path scores with plain arrays; they must agree with the fitted estimators."""
+    from training.customer import log_features, tree_features, with_history
+
+    test = cohorts(seed=11)
+    churn = fitted_churn()
+    f = churn.prepare(test)
+    linear = churn.logit.predict_proba(log_features(f)[churn.logit_columns].to_numpy())[:, 1]
+    trees = churn.trees.predict_proba(tree_features(f, churn.countries))[:, 1]
+    assert churn.predict_proba(test) == pytest.approx(0.5 * (linear + trees), abs=1e-9)
+    ltv = LTVModel(horizon_days=92).fit(cohorts(), test)
+    xt = tree_features(with_history(test, ltv.history, 92), ltv.countries)
+    assert np.exp(ltv._spend_trees.predict_raw(xt.to_numpy())) == pytest.approx(ltv.spend_trees.predict(xt), rel=1e-9)

@@ -305,7 +305,8 @@ def test_tree_ensemble_matches_sklearn():
     again = TreeEnsemble.from_arrays(ens.to_arrays("t_"), "t_")
     expected = clf.predict_proba(X)[:, 1]
     np.testing.assert_allclose(again.predict_proba(X), expected, rtol=1e-9)
-    np.testing.assert_allclose(1 / (1 + np.exp(-again._predict_raw_numpy(np.ascontiguousarray(X)))), expected, rtol=1e-9)
+    np.testing.assert_allclose(again.predict_proba(X[:1]), expected[:1], rtol=1e-9)  # one row, as a request scores
+    np.testing.assert_allclose(1 / (1 + np.exp(-again.predict_raw(X, block=7))), expected, rtol=1e-9)  # rows in blocks
 
 
 def test_unfitted_and_unknown_directories_are_refused(tmp_path):
@@ -316,3 +317,18 @@ def test_unfitted_and_unknown_directories_are_refused(tmp_path):
         load_model(tmp_path)
     with pytest.raises(RuntimeError, match="not fitted"):
         Recommender().recommend([1])
+
+
+def test_precomputed_lists_equal_the_scored_lists_and_survive_save_load(cluster, tmp_path):
+    lines, _, _ = cluster
+    model = Recommender(**FAST).fit(lines, AS_OF)
+    customers = np.sort(lines["customer_id"].unique())
+    scored = {new: model.recommend(customers, k=6, new_only=new) for new in (False, True)}
+    model.precompute(k=10)
+    again = load_model(model.save(tmp_path / "m"))
+    for new in (False, True):
+        for m in (model, again):
+            pd.testing.assert_frame_equal(m.recommend(customers, k=6, new_only=new), scored[new])
+    items, _, _ = again.ranked(0)
+    assert len(items) == 10  # topped up with popular items
+    assert again.ranked(-1) is None  # unknown customers have no list

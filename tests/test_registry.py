@@ -103,3 +103,24 @@ def test_registry_on_a_postgres_backed_tracking_store(tmp_path: Path) -> None:
         mlflow.set_tracking_uri(None)
         with psycopg.connect(admin, autocommit=True) as con:
             con.execute(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
+
+
+def test_a_champion_trained_through_the_holdout_is_not_rescored_on_it(mlruns: Path, tmp_path: Path) -> None:
+    """Regression: re-scoring a champion on a holdout it was trained on flattered it (0.77 against
+    a fair 0.37 for the recommender) and blocked every retrain at the same as-of date."""
+    import datetime as dt
+
+    def never(directory: Path) -> float:
+        raise AssertionError("the champion saw this holdout; it must not be re-scored on it")
+
+    jul, mar = dt.datetime(2011, 7, 1, tzinfo=dt.timezone.utc), dt.datetime(2011, 3, 25, tzinfo=dt.timezone.utc)
+    v1 = register(fitted_churn(1), tmp_path, "v1")
+    assert registry.gate("churn", v1, 0.80, never, as_of=jul, holdout_start=mar).promoted
+    v2 = register(fitted_churn(2), tmp_path, "v2")
+    worse = registry.gate("churn", v2, 0.75, never, as_of=jul, holdout_start=mar)
+    assert not worse.promoted and "0.8000 on its own holdout" in worse.reason
+    v3 = register(fitted_churn(3), tmp_path, "v3")
+    # a later retrain whose holdout starts after the champion's data ended: the champion is re-scored
+    later = registry.gate("churn", v3, 0.79, lambda d: 0.70, as_of=dt.datetime(2011, 12, 1, tzinfo=dt.timezone.utc),
+                          holdout_start=dt.datetime(2011, 8, 1, tzinfo=dt.timezone.utc))
+    assert later.promoted and "0.7000 on the same holdout" in later.reason

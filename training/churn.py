@@ -34,6 +34,8 @@ from training.customer import (
     LOG,
     RAW,
     TREE,
+    CalibratedTrees,
+    LinearScorer,
     PurchaseHistory,
     check_columns,
     frequent_countries,
@@ -129,17 +131,24 @@ class ChurnModel:
             max_leaf_nodes=15,
             min_samples_leaf=40,
             l2_regularization=1.0,
-            categorical_features=[c == "country_code" for c in FEATURES],
             monotonic_cst=[MONOTONIC.get(c, 0) for c in FEATURES],
             random_state=seed,
         )
-        self.trees = CalibratedClassifierCV(base, method="isotonic", cv=3).fit(x, y)
+        # one forest fitted on everything, calibrated on its cross-validated predictions: the same
+        # calibration as an ensemble of three, at a third of the cost per prediction
+        self.trees = CalibratedClassifierCV(base, method="isotonic", cv=3, ensemble=False).fit(x, y)
         # Reason codes compare a customer with a typical customer who stayed.
         stayed = labelled[y == 0]
         self.medians = {c: float(np.nanmedian(stayed[c].astype(float))) for c in REASON_TEXT}
         self.history = PurchaseHistory.fit(current)
         self.label_free = False
+        self._compile()
         return self
+
+    def _compile(self) -> None:
+        """Plain-array copies of the fitted estimators, for scoring in the request path."""
+        self._linear = LinearScorer(self.logit)
+        self._trees = CalibratedTrees(self.trees)
 
     def fit_label_free(self, current: pd.DataFrame) -> "ChurnModel":
         self.history = PurchaseHistory.fit(current)
@@ -159,8 +168,8 @@ class ChurnModel:
             alive = f["bg_p_alive"].to_numpy(dtype=float).clip(1e-6, 1)
             rate = f["bg_expected_orders"].to_numpy(dtype=float) / alive
             return 1 - alive * (1 - np.exp(-rate))
-        p_linear = self.logit.predict_proba(log_features(f)[self.logit_columns].to_numpy())[:, 1]
-        p_trees = self.trees.predict_proba(tree_features(f, self.countries))[:, 1]
+        p_linear = self._linear.proba(log_features(f)[self.logit_columns].to_numpy())
+        p_trees = self._trees.proba(tree_features(f, self.countries).to_numpy())
         return 0.5 * (p_linear + p_trees)
 
     def reasons(self, frame: pd.DataFrame, top: int = 3) -> list[list[dict]]:
@@ -242,7 +251,7 @@ class ChurnModel:
         if meta.get("features") != FEATURES or meta.get("log_features") != LOG:
             raise ModelLoadError(f"{directory}: trained on other features than this code computes; retrain it")
         label_free = bool(meta.get("label_free", False))
-        return cls(
+        model = cls(
             horizon_days=int(meta["horizon_days"]),
             history=PurchaseHistory.from_dict(meta["history"]),
             logit=None if label_free else load_estimator(directory / "linear.skops"),
@@ -253,6 +262,9 @@ class ChurnModel:
             bands=tuple(meta["bands"]),
             label_free=label_free,
         )
+        if not label_free:
+            model._compile()
+        return model
 
 
 # ---------------------------------------------------------------------- baselines and metrics

@@ -111,57 +111,63 @@ def _summary(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray, n
     return x, tx, age, m
 
 
+def _num(frame: pd.DataFrame, col: str) -> np.ndarray:
+    return frame[col].to_numpy(dtype=float, na_value=np.nan)
+
+
 def with_history(frame: pd.DataFrame, history: PurchaseHistory, horizon_days: float) -> pd.DataFrame:
     """The frame plus the purchase-history outputs and the derived rates both model families use."""
     check_columns(frame, RAW, "the customer models")
     out = frame.copy()
     out[HISTORY] = history.outputs(frame, horizon_days).to_numpy()
-    tenure = frame["tenure_days"].astype(float).clip(lower=30)
-    out["order_rate_30d"] = frame["frequency"].astype(float) / tenure * 30
-    gap = frame["mean_interorder_days"].astype(float).clip(lower=1)
+    tenure = np.maximum(_num(frame, "tenure_days"), 30.0)
+    out["order_rate_30d"] = _num(frame, "frequency") / tenure * 30
+    gap = np.maximum(_num(frame, "mean_interorder_days"), 1.0)
     # how overdue the next order is, in the customer's own rhythm; one-off buyers have no rhythm
-    out["overdue"] = (frame["recency_days"].astype(float) / gap).clip(upper=50)
+    out["overdue"] = np.minimum(_num(frame, "recency_days") / gap, 50.0)
     return out
 
 
 def log_features(f: pd.DataFrame) -> pd.DataFrame:
-    """The smooth view (input of the linear models); ``f`` comes from :func:`with_history`."""
+    """The smooth view (input of the linear models); ``f`` comes from :func:`with_history`.
 
-    def lg(col: str | pd.Series) -> pd.Series:
-        s = f[col] if isinstance(col, str) else col
-        return np.log1p(s.astype(float).clip(lower=0)).fillna(0.0)
+    Plain numpy on the columns: it runs on every scoring request."""
 
-    tenure = lg("tenure_days")
-    x = pd.DataFrame(
-        {
-            "log_recency": lg("recency_days"),
-            "log_frequency": lg("frequency"),
-            "log_monetary": lg("monetary_total"),
-            "log_tenure": tenure,
-            "log_orders_90d": lg("orders_90d"),
-            "log_orders_30d": lg("orders_30d"),
-            "log_interorder": lg(f["mean_interorder_days"].fillna(f["tenure_days"])),
-            "log_overdue": lg(f["overdue"].fillna(1.0)),
-            "log_p_alive": np.log(f["bg_p_alive"].astype(float).clip(1e-4, 1.0)).fillna(0.0),
-            "log_expected_orders": lg("bg_expected_orders"),
-            "log_order_value": lg("avg_order_value"),
-            "log_order_rate": lg("order_rate_30d"),
-            "log_products": lg("distinct_products"),
-            "log_basket_lines": lg("avg_basket_lines"),
-            "tenure_censored": f["tenure_censored"].astype(float).fillna(0.0),
-            "log_tenure_if_censored": f["tenure_censored"].astype(float).fillna(0.0) * tenure,
-            "log_active_weeks_13": lg("active_weeks_13"),
-            "log_active_weeks_26": lg("active_weeks_26"),
-            "log_decayed_30": lg("decayed_orders_30"),
-            "log_decayed_90": lg("decayed_orders_90"),
-        },
-        index=f.index,
-    )
-    return x[LOG]
+    def lg(x: np.ndarray) -> np.ndarray:
+        return np.nan_to_num(np.log1p(np.maximum(x, 0.0)), nan=0.0)
+
+    col = lambda c: _num(f, c)  # noqa: E731
+    tenure = lg(col("tenure_days"))
+    censored = np.nan_to_num(col("tenure_censored"), nan=0.0)
+    interorder = col("mean_interorder_days")
+    x = {
+        "log_recency": lg(col("recency_days")),
+        "log_frequency": lg(col("frequency")),
+        "log_monetary": lg(col("monetary_total")),
+        "log_tenure": tenure,
+        "log_orders_90d": lg(col("orders_90d")),
+        "log_orders_30d": lg(col("orders_30d")),
+        "log_interorder": lg(np.where(np.isnan(interorder), col("tenure_days"), interorder)),
+        "log_overdue": lg(np.nan_to_num(col("overdue"), nan=1.0)),
+        "log_p_alive": np.nan_to_num(np.log(np.clip(col("bg_p_alive"), 1e-4, 1.0)), nan=0.0),
+        "log_expected_orders": lg(col("bg_expected_orders")),
+        "log_order_value": lg(col("avg_order_value")),
+        "log_order_rate": lg(col("order_rate_30d")),
+        "log_products": lg(col("distinct_products")),
+        "log_basket_lines": lg(col("avg_basket_lines")),
+        "tenure_censored": censored,
+        "log_tenure_if_censored": censored * tenure,
+        "log_active_weeks_13": lg(col("active_weeks_13")),
+        "log_active_weeks_26": lg(col("active_weeks_26")),
+        "log_decayed_30": lg(col("decayed_orders_30")),
+        "log_decayed_90": lg(col("decayed_orders_90")),
+    }
+    return pd.DataFrame(x, index=f.index)[LOG]
 
 
 def tree_features(f: pd.DataFrame, countries: list[str]) -> pd.DataFrame:
-    """The raw view (input of the trees): unseen countries become missing, which trees handle."""
+    """The raw view (input of the trees). A country is its rank among the frequent countries (0 =
+    the most common), so one split separates the home market; unseen countries become missing."""
     x = f[TREE].astype(float).copy()
     codes = {c: i for i, c in enumerate(countries)}
     x["country_code"] = f["country"].map(codes).astype(float)
@@ -169,8 +175,46 @@ def tree_features(f: pd.DataFrame, countries: list[str]) -> pd.DataFrame:
 
 
 def frequent_countries(frame: pd.DataFrame, min_customers: int = 20) -> list[str]:
+    """Countries with at least ``min_customers`` rows, most common first."""
     counts = frame["country"].value_counts()
-    return sorted(counts[counts >= min_customers].index)
+    counts = counts[counts >= min_customers]
+    return sorted(counts.index, key=lambda c: (-counts[c], c))
+
+
+class LinearScorer:
+    """A fitted StandardScaler + linear model pipeline as plain arrays: the same numbers as
+    ``pipeline.decision_function`` / ``predict`` without scikit-learn's per-call checks."""
+
+    def __init__(self, pipeline) -> None:
+        scaler, model = pipeline[0], pipeline[-1]
+        self.mean = np.asarray(scaler.mean_, float)
+        self.scale = np.asarray(scaler.scale_, float)
+        coef = np.asarray(model.coef_, float)
+        self.coef = coef.ravel()
+        self.intercept = float(np.ravel(model.intercept_)[0])
+
+    def decision(self, X: np.ndarray) -> np.ndarray:
+        return ((np.asarray(X, float) - self.mean) / self.scale) @ self.coef + self.intercept
+
+    def proba(self, X: np.ndarray) -> np.ndarray:
+        return 1.0 / (1.0 + np.exp(-self.decision(X)))
+
+
+class CalibratedTrees:
+    """``CalibratedClassifierCV(HistGradientBoostingClassifier, method="isotonic", ensemble=False)``
+    as a :class:`~training.trees.TreeEnsemble` and the isotonic map of its raw scores."""
+
+    def __init__(self, calibrated) -> None:
+        from training.trees import TreeEnsemble
+
+        (inner,) = calibrated.calibrated_classifiers_
+        self.trees = TreeEnsemble.from_sklearn(inner.estimator)
+        (iso,) = inner.calibrators
+        self.x = np.asarray(iso.X_thresholds_, float)
+        self.y = np.asarray(iso.y_thresholds_, float)
+
+    def proba(self, X: np.ndarray) -> np.ndarray:
+        return np.interp(self.trees.predict_raw(X), self.x, self.y)
 
 
 def write_json(path: Path, data: dict) -> None:

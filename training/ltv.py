@@ -32,10 +32,12 @@ from sklearn.preprocessing import StandardScaler
 
 from training.base import ModelCard, ModelLoadError, load_estimator, save_estimator
 from training.churn import SIGNS, by_snapshot, fit_signed_logistic
+from training.trees import TreeEnsemble
 from training.customer import (
     LOG,
     RAW,
     TREE,
+    LinearScorer,
     PurchaseHistory,
     check_columns,
     frequent_countries,
@@ -115,7 +117,6 @@ class LTVModel:
                 max_leaf_nodes=15,
                 min_samples_leaf=40,
                 l2_regularization=1.0,
-                categorical_features=[c == "country_code" for c in FEATURES],
                 random_state=seed,
             )
 
@@ -123,7 +124,15 @@ class LTVModel:
         self.orders_trees = poisson_trees().fit(xt, train["orders"].clip(lower=0))
         self.history = PurchaseHistory.fit(current)
         self.label_free = False
+        self._compile()
         return self
+
+    def _compile(self) -> None:
+        """Plain-array copies of the fitted estimators, for scoring in the request path."""
+        self._buyer = LinearScorer(self.buyer)
+        self._buyer_spend = LinearScorer(self.buyer_spend)
+        self._spend_trees = TreeEnsemble.from_sklearn(self.spend_trees)
+        self._orders_trees = TreeEnsemble.from_sklearn(self.orders_trees)
 
     def fit_label_free(self, current: pd.DataFrame) -> "LTVModel":
         self.history = PurchaseHistory.fit(current)
@@ -139,13 +148,13 @@ class LTVModel:
             orders = f["bg_expected_orders"].to_numpy(dtype=float)
         else:
             xl = log_features(f)
-            p_buy = 1.0 - self.buyer.predict_proba(xl[self.buyer_columns].to_numpy())[:, 1]
+            p_buy = 1.0 - self._buyer.proba(xl[self.buyer_columns].to_numpy())
             # a linear model on the log scale extrapolates exponentially: keep it to the spends seen
-            log_spend = np.clip(self.buyer_spend.predict(xl.to_numpy()), *self.log_spend_range)
+            log_spend = np.clip(self._buyer_spend.decision(xl.to_numpy()), *self.log_spend_range)
             two_part = p_buy * np.exp(log_spend) * self.smearing
-            xt = tree_features(f, self.countries)
-            value = 0.5 * (two_part + self.spend_trees.predict(xt))
-            orders = self.orders_trees.predict(xt)
+            xt = tree_features(f, self.countries).to_numpy()
+            value = 0.5 * (two_part + np.exp(self._spend_trees.predict_raw(xt)))  # Poisson trees: log link
+            orders = np.exp(self._orders_trees.predict_raw(xt))
         p_alive = f["bg_p_alive"].to_numpy(dtype=float)
         # Expected wait for the next order: the horizon spread over the expected orders in it.
         # Beyond a year the date says nothing useful; leave it empty.
@@ -211,6 +220,7 @@ class LTVModel:
         if not m.label_free:
             for name in ("buyer", "buyer_spend", "spend_trees", "orders_trees"):
                 setattr(m, name, load_estimator(directory / f"{name}.skops"))
+            m._compile()
         return m
 
 

@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from training.trees import TreeEnsemble
 from training.recs_baselines import (
     _REGISTRY,
     ARRAYS_FILE,
@@ -57,6 +58,7 @@ from training.recs_baselines import (
 )
 
 SOURCES = ("buy_again", "co_purchase", "als", "ease", "trending", "popular")
+PRECOMPUTED = 50  # list length saved per customer with the model
 _BUY, _COP, _ALS, _EASE, _TREND, _POP = range(6)
 
 CUSTOMER_FEATURES = ("c_orders", "c_last_age", "c_first_age", "c_items", "c_log_spend", "c_mean_gap",
@@ -115,110 +117,6 @@ class RecParams:
     rk_min_samples_leaf: int = 200
     rk_l2: float = 1.0
     seed: int = 0
-
-
-# --------------------------------------------------------------------------------------------
-# Boosted trees as data
-# --------------------------------------------------------------------------------------------
-
-
-class TreeEnsemble:
-    """A fitted binary HistGradientBoostingClassifier as plain arrays (no pickle).
-
-    ``predict_proba(X)`` equals the classifier's positive-class probability. Numerical splits only.
-    """
-
-    FIELDS = ("value", "feature_idx", "num_threshold", "missing_go_to_left", "left", "right", "is_leaf")
-
-    def __init__(self, baseline: float, offsets: np.ndarray, nodes: dict[str, np.ndarray], n_features: int):
-        self.baseline = float(baseline)
-        self.offsets = np.asarray(offsets, np.int64)
-        self.nodes = nodes
-        self.n_features = int(n_features)
-        self._predictors = None
-
-    @classmethod
-    def constant(cls, n_features: int, p: float = 0.5) -> "TreeEnsemble":
-        """No trees: every candidate gets ``p`` and the sources' own order decides."""
-        empty = {f: np.zeros(0, np.float64 if f in ("value", "num_threshold") else np.int64) for f in cls.FIELDS}
-        p = min(max(p, 1e-6), 1 - 1e-6)
-        return cls(float(np.log(p / (1 - p))), np.zeros(1, np.int64), empty, n_features)
-
-    @classmethod
-    def from_sklearn(cls, clf) -> "TreeEnsemble":
-        if getattr(clf, "n_trees_per_iteration_", 1) != 1:
-            raise ValueError("only binary classifiers are supported")
-        preds = [it[0] for it in clf._predictors]
-        if any(p.nodes["is_categorical"].any() for p in preds):
-            raise ValueError("categorical splits are not supported")
-        offsets = np.cumsum([0] + [len(p.nodes) for p in preds])
-        nodes = {f: np.concatenate([p.nodes[f] for p in preds]) if preds else np.zeros(0) for f in cls.FIELDS}
-        return cls(float(np.ravel(clf._baseline_prediction)[0]), offsets, nodes, clf.n_features_in_)
-
-    def to_arrays(self, prefix: str) -> dict[str, np.ndarray]:
-        out = {f"{prefix}{f}": v for f, v in self.nodes.items()}
-        out[f"{prefix}offsets"] = self.offsets
-        out[f"{prefix}header"] = np.array([self.baseline, self.n_features], np.float64)
-        return out
-
-    @classmethod
-    def from_arrays(cls, arrays: dict[str, np.ndarray], prefix: str) -> "TreeEnsemble":
-        header = arrays[f"{prefix}header"]
-        nodes = {f: arrays[f"{prefix}{f}"] for f in cls.FIELDS}
-        return cls(header[0], arrays[f"{prefix}offsets"], nodes, int(header[1]))
-
-    def _sklearn_predictors(self):
-        if self._predictors is None:
-            from sklearn.ensemble._hist_gradient_boosting.common import PREDICTOR_RECORD_DTYPE
-            from sklearn.ensemble._hist_gradient_boosting.predictor import TreePredictor
-
-            preds = []
-            for t in range(len(self.offsets) - 1):
-                lo, hi = self.offsets[t], self.offsets[t + 1]
-                rec = np.zeros(hi - lo, PREDICTOR_RECORD_DTYPE)
-                for f in self.FIELDS:
-                    rec[f] = self.nodes[f][lo:hi]
-                empty = np.zeros((0, 8), np.uint32)
-                preds.append(TreePredictor(rec, empty, empty))
-            self._predictors = preds
-        return self._predictors
-
-    def predict_raw(self, X: np.ndarray) -> np.ndarray:
-        X = np.ascontiguousarray(X, dtype=np.float64)
-        if X.shape[1] != self.n_features:
-            raise ValueError(f"expected {self.n_features} features, got {X.shape[1]}")
-        out = np.full(X.shape[0], self.baseline)
-        try:
-            preds = self._sklearn_predictors()
-            empty = np.zeros((0, 8), np.uint32)
-            f_idx = np.zeros(self.n_features, np.uint32)
-            for p in preds:
-                out += p.predict(X, empty, f_idx, 1)
-            return out
-        except (ImportError, TypeError, AttributeError, ValueError):  # private API moved: plain numpy
-            return self._predict_raw_numpy(X)
-
-    def _predict_raw_numpy(self, X: np.ndarray) -> np.ndarray:
-        out = np.full(X.shape[0], self.baseline)
-        n = self.nodes
-        rows = np.arange(X.shape[0])
-        for t in range(len(self.offsets) - 1):
-            lo = self.offsets[t]
-            node = np.zeros(X.shape[0], np.int64)
-            while True:
-                g = lo + node
-                leaf = n["is_leaf"][g].astype(bool)
-                if leaf.all():
-                    break
-                x = X[rows, n["feature_idx"][g]]
-                go_left = np.where(np.isnan(x), n["missing_go_to_left"][g].astype(bool), x <= n["num_threshold"][g])
-                nxt = np.where(go_left, n["left"][g], n["right"][g]).astype(np.int64)
-                node = np.where(leaf, node, nxt)
-            out += n["value"][lo + node]
-        return out
-
-    def predict_proba(self, X: np.ndarray) -> np.ndarray:
-        return 1.0 / (1.0 + np.exp(-self.predict_raw(X)))
 
 
 # --------------------------------------------------------------------------------------------
@@ -517,21 +415,22 @@ class Sources:
         return {"pair_row": pr, "item": pi, "X": feats, "source": source[pr, pi], "prior": best_key[pr, pi]}
 
     # ---- reasons
-    def reasons(self, row: int, items: np.ndarray, sources: np.ndarray, X: np.ndarray) -> list[dict]:
+    def reasons(self, row: int, items: np.ndarray, sources: np.ndarray) -> list[dict]:
         """Plain data for a human reason per recommended item of one customer (see :class:`Recommender`)."""
         h = self.h
         items = np.asarray(items, np.int64)
+        sources = np.asarray(sources)
         out: list[dict] = [{} for _ in items]
         lo, hi = h.indptr[row], h.indptr[row + 1]
         mine = h.indices[lo:hi].astype(np.int64)
-        fi = {n: j for j, n in enumerate(FEATURES)}
         pop = None
         for q, (item, source) in enumerate(zip(items, sources)):
             if source == _BUY:
-                interval = X[q, fi["ci_interval"]]
-                out[q] = {"times_bought": int(X[q, fi["ci_orders"]]),
-                          "days_since_last": round(float(X[q, fi["ci_last_age"]]), 1),
-                          "typical_interval_days": None if np.isnan(interval) else round(float(interval), 1)}
+                p = lo + int(np.searchsorted(mine, item))
+                n = int(h.n_inv[p])
+                interval = float(h.first_age[p] - h.last_age[p]) / (n - 1) if n > 1 else None
+                out[q] = {"times_bought": n, "days_since_last": round(float(h.last_age[p]), 1),
+                          "typical_interval_days": None if interval is None else round(interval, 1)}
             elif source == _TREND:
                 recent, before = self.trend_buyers[:, item]
                 out[q] = {"buyers_recent": int(recent), "buyers_before": int(before), "days": self.p.trend_days}
@@ -610,6 +509,7 @@ class Recommender(RecommenderBase):
         self.params = RecParams(**params)
         self.sources: Sources | None = None
         self.rankers: dict[str, TreeEnsemble] = {}
+        self.precomputed: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         self.fit_info: dict = {}
 
     def get_params(self) -> dict:
@@ -717,6 +617,59 @@ class Recommender(RecommenderBase):
             raise NotFittedError("Recommender is not fitted: call fit() or load()")
         return self.sources
 
+    def _rank(self, rows: np.ndarray, k: int, new_only: bool, block: int = 256) -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Ranked candidates of known customer rows: row -> (item indices, scores, source codes), at most k."""
+        src = self._check_model()
+        ranker = self.rankers["discovery" if new_only else "repeat"]
+        cols = [FEATURES.index(f) for f in (DISCOVERY_FEATURES if new_only else REPEAT_FEATURES)]
+        out: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        uniq_rows = np.unique(rows[rows >= 0])
+        for start in range(0, len(uniq_rows), block):
+            r = uniq_rows[start:start + block]
+            c = src.candidates(r, new_only)
+            score = ranker.predict_proba(c["X"][:, cols]) if len(c["item"]) else np.zeros(0)
+            order = np.lexsort((c["item"], c["prior"], -np.round(score, 12), c["pair_row"]))
+            bounds = np.searchsorted(c["pair_row"][order], np.arange(len(r) + 1))
+            for j, row in enumerate(r):
+                sel = order[bounds[j]:bounds[j + 1]][:k]
+                out[int(row)] = (c["item"][sel].astype(np.int64), score[sel], c["source"][sel].astype(np.int64))
+        return out
+
+    def precompute(self, k: int = PRECOMPUTED, block: int = 256) -> None:
+        """Rank both lists of every known customer once, to be saved with the model: serving and the
+        batch export then read them instead of scoring candidates per request. Short lists are
+        topped up with popular items, as :meth:`recommend` does."""
+        src = self._check_model()
+        h = src.h
+        rows = np.arange(h.n_customers)
+        pop_order, pop_score = h.popular_order(self.params.popular_days)
+        X = h.matrix()
+        self.precomputed = {}
+        for name, new_only in (("repeat", False), ("discovery", True)):
+            ranked = self._rank(rows, k, new_only, block)
+            items = np.full((h.n_customers, k), -1, np.int32)
+            scores = np.zeros((h.n_customers, k), np.float32)
+            codes = np.full((h.n_customers, k), -1, np.int8)
+            for row in rows:
+                il, sl, cl = (list(x) for x in ranked.get(int(row), ([], [], [])))
+                so = [SOURCES[c] for c in cl]
+                if len(il) < k:
+                    seen = set(X.indices[X.indptr[row]:X.indptr[row + 1]].tolist()) if new_only else set()
+                    fill_with_popular(il, sl, so, [{} for _ in il], pop_order, pop_score, k, seen, self.params.popular_days)
+                items[row, :len(il)] = il
+                scores[row, :len(sl)] = sl
+                codes[row, :len(so)] = [SOURCES.index(x) for x in so]
+            self.precomputed[name] = (items, scores, codes)
+
+    def ranked(self, row: int, new_only: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """The precomputed list of a known customer row (item indices, scores, source codes), or None."""
+        pre = self.precomputed.get("discovery" if new_only else "repeat")
+        if pre is None or row < 0:
+            return None
+        items, scores, codes = pre
+        n = int((items[row] >= 0).sum())
+        return items[row, :n], scores[row, :n], codes[row, :n]
+
     def recommend(self, customer_ids: Iterable, k: int = 20, new_only: bool = False, block: int = 256) -> pd.DataFrame:
         """Top-k per customer. ``new_only``: the discovery list (items the customer never bought)."""
         src = self._check_model()
@@ -725,28 +678,19 @@ class Recommender(RecommenderBase):
         if len(ids) == 0 or k <= 0:
             return empty_recs()
         rows = h.customer_index(ids)
-        ranker = self.rankers["discovery" if new_only else "repeat"]
+        pre = self.precomputed.get("discovery" if new_only else "repeat")
+        if pre is not None and k <= pre[0].shape[1]:
+            ranked = {int(r): self.ranked(int(r), new_only) for r in np.unique(rows[rows >= 0])}
+            ranked = {r: (i[:k], s[:k], c[:k]) for r, (i, s, c) in ranked.items()}
+        else:
+            ranked = self._rank(rows, k, new_only, block)
         pop_order, pop_score = h.popular_order(self.params.popular_days)
-        lists: dict[int, tuple] = {}
-        known = np.flatnonzero(rows >= 0)
-        uniq_rows = np.unique(rows[known])
-        for start in range(0, len(uniq_rows), block):
-            r = uniq_rows[start:start + block]
-            c = src.candidates(r, new_only)
-            cols = [FEATURES.index(f) for f in (DISCOVERY_FEATURES if new_only else REPEAT_FEATURES)]
-            score = ranker.predict_proba(c["X"][:, cols]) if len(c["item"]) else np.zeros(0)
-            order = np.lexsort((c["item"], c["prior"], -np.round(score, 12), c["pair_row"]))
-            pr = c["pair_row"][order]
-            bounds = np.searchsorted(pr, np.arange(len(r) + 1))
-            for j, row in enumerate(r):
-                sel = order[bounds[j]:bounds[j + 1]][:k]
-                lists[int(row)] = ([int(i) for i in c["item"][sel]], score[sel].tolist(),
-                                   [SOURCES[s] for s in c["source"][sel]],
-                                   src.reasons(int(row), c["item"][sel], c["source"][sel], c["X"][sel]))
         out_items, out_scores, out_src, out_rsn = [], [], [], []
         X = h.matrix()
         for row in rows:
-            il, sl, so, rs = (list(x) for x in lists.get(int(row), ([], [], [], [])))
+            il, sl, cl = ranked.get(int(row), (np.zeros(0, np.int64), np.zeros(0), np.zeros(0, np.int64)))
+            rs = src.reasons(int(row), il, cl) if row >= 0 else []
+            il, sl, so = [int(i) for i in il], [float(x) for x in sl], [SOURCES[c] for c in cl]
             if len(il) < k:  # cold start, or too few candidates: popular items
                 seen = set(X.indices[X.indptr[row]:X.indptr[row + 1]].tolist()) if row >= 0 and new_only else set()
                 fill_with_popular(il, sl, so, rs, pop_order, pop_score, k, seen, self.params.popular_days)
@@ -823,6 +767,8 @@ class Recommender(RecommenderBase):
         out = self.sources.to_arrays("s_")
         for name, r in self.rankers.items():
             out.update(r.to_arrays(f"rk_{name}_"))
+        for name, (items, scores, codes) in self.precomputed.items():
+            out.update({f"pre_{name}_items": items, f"pre_{name}_scores": scores, f"pre_{name}_sources": codes})
         return out
 
     def _extra_meta(self) -> dict:
@@ -851,6 +797,8 @@ class Recommender(RecommenderBase):
         as_of = dt.datetime.fromisoformat(meta["as_of"])
         model.sources = Sources.from_arrays(arrays, "s_", as_of, model.params)
         model.rankers = {name: TreeEnsemble.from_arrays(arrays, f"rk_{name}_") for name in meta["rankers"]}
+        model.precomputed = {name: (arrays[f"pre_{name}_items"], arrays[f"pre_{name}_scores"], arrays[f"pre_{name}_sources"])
+                             for name in ("repeat", "discovery") if f"pre_{name}_items" in arrays}
         model.fit_info = meta.get("fit_info", {})
         return model
 

@@ -95,6 +95,9 @@ def train_recommender(spec: TrainSpec) -> TrainResult:
                 return _scores(Recommender.load(directory), lines, holdout, spec.horizon_days)["recall_at_20"]
 
         model = Recommender(label_days=spec.horizon_days).fit(lines, spec.as_of)
+        t0 = time.perf_counter()
+        model.precompute()  # both lists of every customer, saved with the model for serving and export
+        mlflow.log_metric("precompute_seconds", time.perf_counter() - t0)
         with tempfile.TemporaryDirectory() as tmp:
             model_dir = Path(tmp) / "recommender"
             model.save(model_dir)
@@ -106,7 +109,8 @@ def train_recommender(spec: TrainSpec) -> TrainResult:
                 "recs", model_dir, input_example=example, output_example=output
             )
         decision = registry.gate(
-            "recs", version, metrics.get("recall_at_20", float("-inf")), champion_scorer or (lambda d: float("-inf"))
+            "recs", version, metrics.get("recall_at_20", float("-inf")), champion_scorer or (lambda d: float("-inf")),
+            as_of=spec.as_of, holdout_start=holdout,
         )
         mlflow.set_tag("gate_reason", decision.reason)
     return TrainResult("recs", version, decision.promoted, decision.reason, metrics, baselines, notes)

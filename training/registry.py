@@ -9,6 +9,7 @@ champion is remembered in a tag so that a rollback needs no version number.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import shutil
 import tempfile
@@ -134,31 +135,54 @@ def gate(
     version: str,
     challenger_metric: float,
     score_champion: Callable[[Path], float],
+    *,
+    as_of: dt.datetime | None = None,
+    holdout_start: dt.datetime | None = None,
 ) -> Registered:
-    """Promote ``version`` to champion if it is at least as good as the champion on the same holdout."""
+    """Promote ``version`` to champion if it is at least as good as the champion on the same holdout.
+
+    The challenger's metric comes from a model fitted before ``holdout_start`` (the registered one
+    is then refitted on everything before ``as_of``). The champion is re-scored on the same holdout
+    when it was trained before that holdout began; a champion trained on data that covers the
+    holdout has seen its answers, so re-scoring it would flatter it: it is then compared through
+    the holdout metric recorded when it was registered, and the reason says so.
+    """
     client = MlflowClient()
     name = REGISTERED[kind]
     metric = GATE_METRIC[kind]
     current = champion_version(client, name)
     run_id = client.get_model_version(name, version).run_id
+    for key, value in (("as_of", as_of.isoformat() if as_of else None),
+                       ("holdout_start", holdout_start.isoformat() if holdout_start else None),
+                       ("holdout_metric", repr(float(challenger_metric)))):
+        if value is not None:
+            client.set_model_version_tag(name, version, key, value)
     if current is None:
         promoted, reason = True, f"no champion yet; {metric} {challenger_metric:.4f} on the holdout"
     elif current == version:
         promoted, reason = True, "already champion"
     else:
-        tmp = Path(tempfile.mkdtemp(prefix="patron-gate-"))
-        try:
-            champ_metric = score_champion(download_model_dir(client, name, current, tmp))
-        except Exception as exc:  # an unusable champion must not block a working challenger
-            champ_metric = float("-inf")
-            reason_champ = f"champion v{current} could not be scored ({exc})"
+        champ_tags = client.get_model_version(name, current).tags
+        champ_as_of = champ_tags.get("as_of")
+        if holdout_start is not None and champ_as_of and dt.datetime.fromisoformat(champ_as_of) > holdout_start:
+            recorded = float(champ_tags.get("holdout_metric", "-inf"))
+            champ_metric = recorded
+            reason_champ = (f"champion v{current} {metric} {recorded:.4f} on its own holdout (it was trained on data "
+                            f"through {champ_as_of[:10]}, which covers this holdout)")
         else:
-            reason_champ = f"champion v{current} {metric} {champ_metric:.4f}"
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+            tmp = Path(tempfile.mkdtemp(prefix="patron-gate-"))
+            try:
+                champ_metric = score_champion(download_model_dir(client, name, current, tmp))
+            except Exception as exc:  # an unusable champion must not block a working challenger
+                champ_metric = float("-inf")
+                reason_champ = f"champion v{current} could not be scored ({exc})"
+            else:
+                reason_champ = f"champion v{current} {metric} {champ_metric:.4f} on the same holdout"
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
         promoted = challenger_metric >= champ_metric
         verdict = "promoted" if promoted else "kept the champion"
-        reason = f"{verdict}: challenger v{version} {metric} {challenger_metric:.4f} vs {reason_champ}, same holdout"
+        reason = f"{verdict}: challenger v{version} {metric} {challenger_metric:.4f} vs {reason_champ}"
     client.set_model_version_tag(name, version, "gate_decision", "promoted" if promoted else "rejected")
     client.set_model_version_tag(name, version, "gate_reason", reason)
     if promoted and current != version:

@@ -196,10 +196,10 @@ def train_churn(spec: TrainSpec, plan, labelled, scoring, notes) -> TrainResult:
             example = input_example(scoring)
             _, version = registry.log_and_register("churn", model_dir, input_example=example, output_example=model.score(example, with_reasons=False))
         mlflow.set_tags({"notes": " | ".join(notes) or "supervised", "label_free": str(model.label_free)})
-        if champion_scorer is None:
-            decision = registry.gate("churn", version, float("-inf"), lambda d: float("-inf"))
-        else:
-            decision = registry.gate("churn", version, metrics["roc_auc"], champion_scorer)
+        decision = registry.gate(
+            "churn", version, metrics.get("roc_auc", float("-inf")), champion_scorer or (lambda d: float("-inf")),
+            as_of=spec.as_of, holdout_start=plan.holdout if plan else None,
+        )
         mlflow.set_tag("gate_reason", decision.reason)
     return TrainResult("churn", version, decision.promoted, decision.reason, metrics, baselines, notes)
 
@@ -278,7 +278,10 @@ def train_ltv(spec: TrainSpec, plan, labelled, scoring, notes) -> TrainResult:
             out = model.predict(example, spec.as_of).drop(columns=["expected_next_order_date"])
             _, version = registry.log_and_register("ltv", model_dir, input_example=example, output_example=out)
         mlflow.set_tags({"notes": " | ".join(notes) or "supervised", "label_free": str(model.label_free)})
-        decision = registry.gate("ltv", version, metrics.get("spearman", float("-inf")), champion_scorer or (lambda d: float("-inf")))
+        decision = registry.gate(
+            "ltv", version, metrics.get("spearman", float("-inf")), champion_scorer or (lambda d: float("-inf")),
+            as_of=spec.as_of, holdout_start=plan.holdout if plan else None,
+        )
         mlflow.set_tag("gate_reason", decision.reason)
     return TrainResult("ltv", version, decision.promoted, decision.reason, metrics, baselines, notes)
 
