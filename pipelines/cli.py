@@ -217,8 +217,13 @@ SHIPPED_DATA = Path(__file__).resolve().parents[1] / "data" / "online-retail" / 
 
 
 @app.command()
-def demo(home: HomeOpt = None) -> None:
-    """The whole pipeline on the shipped order data: ingest, features, Feast, train, gate, register."""
+def demo(
+    home: HomeOpt = None,
+    port: Annotated[int, typer.Option("--port", min=1, max=65535, help="Port of the service.")] = 3000,
+) -> None:
+    """The whole thing on the shipped order data: ingest, features, Feast, train, gate, register, then serve."""
+    import secrets
+
     from pipelines.pipeline import run_pipeline
 
     settings = _settings(home)
@@ -232,12 +237,46 @@ def demo(home: HomeOpt = None) -> None:
     for k, v in result.details.items():
         if k.startswith("train_"):
             console.print(f"{k}: " + (f"v{v['version']} — {v['reason']}" if "version" in v else v.get("skipped", "")))
-    show_online_example(settings)
-    console.print(
-        "[bold yellow]The HTTP service is not built yet:[/] the demo stops with the models registered "
-        "(MLflow under mlruns/) and the online store loaded. `patron export --as-of "
-        f"{as_of.date()} --out exports` writes the batch scores."
-    )
+    # The demo runs with keys made up for this run (the real `patron serve` refuses to start without
+    # configured keys); configured ones are used when present.
+    keys = settings.api_keys()
+    for scope in keys:
+        keys[scope] = keys[scope] or [f"demo-{scope}-{secrets.token_urlsafe(12)}"]
+    settings = settings.model_copy(update={f"{scope}_keys": ",".join(ks) for scope, ks in keys.items()})
+    console.rule(f"the service, on http://127.0.0.1:{port}")
+    serve_until_stopped(settings, port, examples=True)
+
+
+def serve_until_stopped(settings: PatronSettings, port: int, host: str = "127.0.0.1", *, examples: bool = False) -> None:
+    """Run `bentoml serve` for the Patron service; with ``examples``, call every endpoint once it is ready."""
+    from serving.launch import example_calls, run_server
+
+    def ready(base_url: str) -> None:
+        if examples:
+            for line in example_calls(settings, base_url):
+                console.print(line, highlight=False, soft_wrap=True)
+        console.print(f"[bold green]serving[/] on {base_url} — Ctrl-C stops it")
+
+    code = run_server(settings, host, port, on_ready=ready)
+    if code:
+        _fail(f"the service stopped with exit code {code}", code)
+
+
+@app.command()
+def serve(
+    port: Annotated[int, typer.Option("--port", min=1, max=65535, help="Port to listen on.")] = 3000,
+    host: Annotated[str, typer.Option("--host", help="Interface to listen on.")] = "127.0.0.1",
+    home: HomeOpt = None,
+    online_store: StoreOpt = None,
+) -> None:
+    """Serve the @champion models over HTTP (BentoML). Needs API keys: PATRON_STOREFRONT_KEYS, PATRON_CRM_KEYS, PATRON_ADMIN_KEYS."""
+    settings = _settings(home, online_store)
+    if not any(settings.api_keys().values()):
+        _fail(
+            "no API keys configured: set PATRON_STOREFRONT_KEYS, PATRON_CRM_KEYS and PATRON_ADMIN_KEYS "
+            "(comma-separated) — the service does not run without authentication (`patron demo` makes up keys)"
+        )
+    serve_until_stopped(settings, port, host)
 
 
 def show_online_example(settings: PatronSettings) -> None:

@@ -24,14 +24,20 @@ class PatronSettings(BaseSettings):
     online_store: Literal["sqlite", "redis"] = "sqlite"
     redis_url: str = "redis://127.0.0.1:6379/0"
     mlflow_uri: str | None = None
-    storefront_keys: str = ""
-    crm_keys: str = ""
-    admin_keys: str = ""
+    storefront_keys: str = Field(default="", repr=False)  # secrets: never printed with the settings
+    crm_keys: str = Field(default="", repr=False)
+    admin_keys: str = Field(default="", repr=False)
+    serve_workers: int = Field(default=1, ge=1, le=8)
     # Lines with |quantity| at or above this are treated as data-entry errors, not orders.
     max_abs_quantity: int = 10_000
     # Weekly feature snapshots: a customer's recency changes every day, so features are
     # recomputed on a grid of dates rather than only when the customer buys.
     snapshot_every_days: int = 7
+
+    def api_keys(self) -> dict[str, list[str]]:
+        """Scope -> keys, from the comma-separated PATRON_STOREFRONT_KEYS, PATRON_CRM_KEYS, PATRON_ADMIN_KEYS."""
+        raw = {"storefront": self.storefront_keys, "crm": self.crm_keys, "admin": self.admin_keys}
+        return {scope: [k.strip() for k in text.split(",") if k.strip()] for scope, text in raw.items()}
 
     def paths(self) -> "StatePaths":
         return StatePaths.for_home(self.home)

@@ -1,0 +1,307 @@
+"""What the service holds in memory: the champion models, the catalogue, recent orders, and the
+reader of the Feast online store.
+
+The champions are loaded straight from the MLflow registry (``models:/<name>@champion``), not
+imported into BentoML's model store: the registry is where the gate, promotion and rollback move
+the aliases, so reading it directly means a reload sees exactly what the data scientist promoted,
+with no second copy to keep in step. Loading builds a complete new :class:`Champions` object and
+only then replaces the old one (a single reference swap): requests in flight keep the object they
+started with, and a model that fails to load never replaces one that works.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pandas as pd
+
+from features.ingest import OrderStore
+from pipelines.settings import PatronSettings
+from training import registry
+from training.base import ModelLoadError
+from training.churn import FEATURE_SERVICE as CHURN_SERVICE
+from training.churn import ChurnModel
+from training.customer import RAW
+from training.ltv import FEATURE_SERVICE as LTV_SERVICE
+from training.ltv import LTVModel
+from training.recs import Recommender
+
+log = logging.getLogger(__name__)
+
+
+class FeaturesUnavailable(Exception):
+    """The online store cannot be read right now."""
+
+
+class NotReady(Exception):
+    """No champion models are loaded (yet)."""
+
+
+class ModelRefused(Exception):
+    """A champion cannot be served: missing, corrupt, or made for features the store does not provide."""
+
+
+# ------------------------------------------------------------------------------------ features
+
+
+@dataclass(frozen=True)
+class CustomerFeatures:
+    """Online features of the customers asked for, in the order asked."""
+
+    frame: pd.DataFrame  # one row per id asked; RAW columns + country + customer_id
+    found: np.ndarray  # bool per row
+    as_of: np.ndarray  # epoch seconds of each row's snapshot (0 when not found)
+
+    def as_of_text(self) -> str | None:
+        ts = self.as_of[self.found]
+        return dt.datetime.fromtimestamp(int(ts.max()), dt.timezone.utc).isoformat() if len(ts) else None
+
+
+def _value(v) -> object:
+    kind = v.WhichOneof("val")
+    return None if kind is None or kind == "null_val" else getattr(v, kind)
+
+
+class OnlineFeatures:
+    """Reads the customer feature service from the Feast online store (SQLite or Redis)."""
+
+    PRESENT = 1
+
+    def __init__(self, store, service: str = CHURN_SERVICE) -> None:
+        self.store = store
+        self.service_name = service
+        self.service = store.get_feature_service(service)
+        self._lock = threading.Lock()
+
+    def _read(self, ids: list[int], features):
+        try:
+            with self._lock:  # Feast's SQLite store shares one connection between threads
+                return self.store.get_online_features(features=features, entity_rows=[{"customer_id": int(c)} for c in ids]).proto
+        except Exception as exc:  # redis, sqlite and Feast raise many types; all mean "not now"
+            log.warning("online store read failed: %s", type(exc).__name__)
+            raise FeaturesUnavailable(f"the online feature store cannot be read ({type(exc).__name__})") from exc
+
+    def customers(self, ids: list[int]) -> CustomerFeatures:
+        """The whole feature service for each id (the customer models' input)."""
+        if not ids:
+            return CustomerFeatures(pd.DataFrame(columns=["customer_id", "country", *RAW]), np.zeros(0, bool), np.zeros(0))
+        proto = self._read(ids, self.service)
+        columns: dict[str, np.ndarray] = {"customer_id": np.asarray(ids, np.int64)}
+        found = np.ones(len(ids), bool)
+        as_of = np.zeros(len(ids))
+        for name, vector in zip(proto.metadata.feature_names.val, proto.results):
+            if name == "customer_id":
+                continue
+            values = [_value(v) for v in vector.values]
+            if name == "country":
+                columns[name] = np.array([v or "" for v in values], dtype=object)
+            else:
+                columns[name] = np.array([np.nan if v is None else v for v in values], dtype=float)
+            if name == "frequency":
+                found = np.array([s == self.PRESENT for s in vector.statuses], bool)
+                as_of = np.array([t.seconds for t in vector.event_timestamps], float)
+        return CustomerFeatures(pd.DataFrame(columns), found, np.where(found, as_of, 0.0))
+
+    def presence(self, customer_id: int) -> tuple[bool, float]:
+        """Whether the store knows the customer, and the time of their features: one small read."""
+        proto = self._read([customer_id], ["customer_features:frequency"])
+        names = list(proto.metadata.feature_names.val)
+        vector = proto.results[names.index("frequency")]
+        found = vector.statuses[0] == self.PRESENT
+        return found, float(vector.event_timestamps[0].seconds) if found else 0.0
+
+    def ping(self) -> bool:
+        try:
+            self.presence(1)
+            return True
+        except FeaturesUnavailable:
+            return False
+
+
+# ------------------------------------------------------------------------------------- models
+
+
+@dataclass
+class Champions:
+    churn: ChurnModel
+    ltv: LTVModel
+    recs: Recommender
+    versions: dict[str, str]
+    descriptions: dict[str, str]
+    recent_orders: dict[int, list[tuple[str, str, int, float]]]
+    loaded_at: float = field(default_factory=time.time)
+
+    @property
+    def version_labels(self) -> dict[str, str]:
+        return {name: f"{name}/{v}" for name, v in self.versions.items()}
+
+    def description(self, item_id: str) -> str:
+        return self.descriptions.get(item_id, "")
+
+    def __post_init__(self) -> None:
+        h = self.recs.sources.h
+        self.row_of = {int(c): i for i, c in enumerate(h.customers)}  # customer id -> history row
+        self.item_ids = [str(i) for i in h.items]
+        self.item_row = {i: j for j, i in enumerate(self.item_ids)}
+        self._popular: dict[float, tuple[np.ndarray, np.ndarray]] = {}
+
+    def popular_order(self, days: float) -> tuple[np.ndarray, np.ndarray]:
+        """Items by distinct buyers over ``days`` days, computed once per window length."""
+        if days not in self._popular:
+            self._popular[days] = self.recs.sources.h.popular_order(days)
+        return self._popular[days]
+
+
+def _product_descriptions(store, items: np.ndarray) -> dict[str, str]:
+    """Descriptions of the recommender's items, from the online store's product features."""
+    out: dict[str, str] = {}
+    items = [str(i) for i in items]
+    for start in range(0, len(items), 500):
+        chunk = items[start:start + 500]
+        resp = store.get_online_features(features=["product_features:description"], entity_rows=[{"item_id": i} for i in chunk])
+        names = list(resp.proto.metadata.feature_names.val)
+        vector = resp.proto.results[names.index("description")]
+        out.update({i: (_value(v) or "") for i, v in zip(chunk, vector.values)})
+    return out
+
+
+def _recent_orders(data_dir: Path, per_customer: int = 5) -> dict[int, list[tuple[str, str, int, float]]]:
+    """The last few orders of every customer, for the CRM's profile view (one query at load)."""
+    parts = OrderStore(data_dir).committed_parts("order_lines")
+    if not parts:
+        return {}
+    files = ", ".join("'" + str(p).replace("'", "''") + "'" for p in parts)
+    sql = f"""
+        WITH o AS (
+            SELECT customer_id, invoice_no, min(invoice_ts) AS ts, count(*) AS lines, sum(amount) AS amount
+            FROM read_parquet([{files}])
+            WHERE customer_id IS NOT NULL AND line_class IN ('sale', 'non_product') AND quantity > 0
+            GROUP BY customer_id, invoice_no
+        )
+        SELECT customer_id, invoice_no, strftime(ts, '%Y-%m-%d'), lines, amount FROM (
+            SELECT *, row_number() OVER (PARTITION BY customer_id ORDER BY ts DESC, invoice_no DESC) AS k FROM o
+        ) WHERE k <= {int(per_customer)} ORDER BY customer_id, k"""
+    out: dict[int, list[tuple[str, str, int, float]]] = {}
+    with duckdb.connect() as con:
+        con.execute("SET TimeZone = 'UTC'")
+        for c, inv, day, n, amount in con.execute(sql).fetchall():
+            out.setdefault(int(c), []).append((str(inv), str(day), int(n), round(float(amount), 2)))
+    return out
+
+
+def load_champions(settings: PatronSettings, store) -> Champions:
+    """Load the three @champion models, refusing any that the code or the feature store cannot serve."""
+    paths = settings.paths()
+    client = registry.configure(paths.mlruns, settings.mlflow_uri)
+    versions: dict[str, str] = {}
+    models: dict[str, object] = {}
+    with tempfile.TemporaryDirectory(prefix="patron-serve-") as tmp:
+        for kind, loader, service in (
+            ("churn", lambda d: ChurnModel.load(d, feature_service=None), CHURN_SERVICE),
+            ("ltv", lambda d: LTVModel.load(d, feature_service=None), LTV_SERVICE),
+            ("recs", Recommender.load, None),
+        ):
+            name = registry.REGISTERED[kind]
+            try:
+                version, directory = registry.load_champion_dir(kind, Path(tmp) / kind)
+            except registry.RegistryError as exc:
+                raise ModelRefused(str(exc)) from exc
+            except Exception as exc:  # a champion whose artifact is missing or unreadable
+                raise ModelRefused(f"{name}: the champion's artifact cannot be read ({exc})") from exc
+            card = _card(directory)
+            if service is not None and card.get("feature_service") != service:
+                raise ModelRefused(
+                    f"{name} v{version} was trained on feature service {card.get('feature_service')}, "
+                    f"this service reads {service}: retrain it or roll back"
+                )
+            if card.get("feature_service"):
+                try:
+                    store.get_feature_service(card["feature_service"])
+                except Exception as exc:
+                    raise ModelRefused(
+                        f"{name} v{version} needs feature service {card['feature_service']}, which the feature store "
+                        "does not provide: run `patron features apply`"
+                    ) from exc
+            try:
+                models[kind] = loader(directory)
+            except (ModelLoadError, ValueError, KeyError, OSError) as exc:
+                raise ModelRefused(f"{name} v{version} cannot be loaded: {exc}") from exc
+            versions[name] = version
+    recs: Recommender = models["recs"]  # type: ignore[assignment]
+    if not recs.precomputed:
+        raise ModelRefused(f"recommender v{versions['recommender']} has no precomputed lists: retrain it")
+    del client
+    return Champions(
+        churn=models["churn"],  # type: ignore[arg-type]
+        ltv=models["ltv"],  # type: ignore[arg-type]
+        recs=recs,
+        versions=versions,
+        descriptions=_product_descriptions(store, recs.sources.h.items),
+        recent_orders=_recent_orders(paths.data),
+    )
+
+
+def _card(directory: Path) -> dict:
+    import json
+
+    try:
+        return json.loads((Path(directory) / "model_card.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise ModelRefused(f"{directory}: unreadable model card ({exc})") from exc
+
+
+class Runtime:
+    """The service's state: swapped whole on reload, read without locks by requests."""
+
+    def __init__(self, settings: PatronSettings) -> None:
+        from features.store import open_store
+
+        self.settings = settings
+        paths = settings.paths()
+        self.store = open_store(paths.feature_repo, settings.online_store, settings.redis_url)
+        self.features = OnlineFeatures(self.store)
+        self.champions: Champions | None = None
+        self.last_error: str | None = None
+        self._reload_lock = threading.Lock()
+        self._store_ok = (0.0, True)
+
+    def require(self) -> Champions:
+        champions = self.champions
+        if champions is None:
+            raise NotReady(self.last_error or "the models are still loading")
+        return champions
+
+    def reload(self) -> tuple[bool, str, dict[str, str], dict[str, str]]:
+        """Load the current champions; keep serving the old ones if that fails."""
+        with self._reload_lock:
+            previous = dict(self.champions.versions) if self.champions else {}
+            try:
+                fresh = load_champions(self.settings, self.store)
+            except ModelRefused as exc:
+                self.last_error = str(exc)
+                log.error("reload refused: %s", exc)
+                kept = "; still serving " + ", ".join(f"{k} v{v}" for k, v in previous.items()) if previous else ""
+                return False, f"{exc}{kept}", previous, previous
+            self.champions = fresh  # one reference swap: in-flight requests keep the old object
+            self.last_error = None
+            changed = {k: v for k, v in fresh.versions.items() if previous.get(k) != v}
+            message = ("loaded " + ", ".join(f"{k} v{v}" for k, v in changed.items())) if changed else "already serving the champions"
+            log.info("reload: %s", message)
+            return True, message, dict(fresh.versions), previous
+
+    def store_ok(self, max_age: float = 1.0) -> bool:
+        """Whether the online store answered recently (probed at most once per ``max_age`` seconds)."""
+        checked, ok = self._store_ok
+        now = time.monotonic()
+        if now - checked > max_age:
+            ok = self.features.ping()
+            self._store_ok = (now, ok)
+        return ok

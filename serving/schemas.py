@@ -1,0 +1,190 @@
+"""Request and response models of the HTTP API: the contract the OpenAPI document publishes.
+
+Requests refuse unknown fields and coerce nothing (a customer id given as "17850" or 17850.5 is
+refused, not guessed at): a client's mistake gets a 4xx that names the field, never a 500 or a
+silently different answer.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StringConstraints
+
+MAX_K = 100
+MAX_IDS = 1000
+MAX_ITEMS = 200
+
+CustomerId = Annotated[StrictInt, Field(ge=1, le=2**53, description="the shop's customer id", examples=[17850])]
+ItemId = Annotated[
+    str,
+    StringConstraints(strict=True, strip_whitespace=True, to_upper=True, min_length=1, max_length=64),
+    Field(description="a product code (stock code)", examples=["85123A"]),
+]
+K = Annotated[StrictInt, Field(ge=1, le=MAX_K, description=f"how many items, 1..{MAX_K}")]
+
+
+class Request(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Response(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# ---------------------------------------------------------------------------------------- storefront
+
+
+class RecommendRequest(Request):
+    customer_id: CustomerId | None = Field(None, description="omit for an anonymous shopper")
+    session_items: Annotated[list[ItemId], Field(max_length=MAX_ITEMS)] = Field(
+        default_factory=list, description="an anonymous shopper's basket: items bought with them are recommended"
+    )
+    k: K = 10
+    exclude_purchased: StrictBool = Field(False, description="leave out everything the customer bought before")
+    exclude_items: Annotated[list[ItemId], Field(max_length=MAX_IDS)] = Field(default_factory=list)
+
+
+class Item(Response):
+    item_id: str
+    description: str
+    score: float = Field(description="comparable within one source only")
+    reason: str = Field(description="why, in words a shopper understands")
+    source: Literal["buy_again", "co_purchase", "als", "ease", "trending", "popular", "session"]
+
+
+Fallback = Literal["unknown_customer", "no_customer", "features_unavailable", "unknown_item", "no_known_items"]
+
+
+class RecommendResponse(Response):
+    customer_id: int | None
+    items: list[Item]
+    fallback: Fallback | None = Field(None, description="set when a non-personal list was used, and why")
+    model_versions: dict[str, str]
+    features_as_of: str | None = Field(None, description="the snapshot the customer's features come from")
+
+
+class SimilarItemsRequest(Request):
+    item_id: ItemId
+    k: K = 10
+
+
+class SimilarItemsResponse(Response):
+    item_id: str
+    items: list[Item]
+    fallback: Fallback | None = None
+    model_versions: dict[str, str]
+
+
+class PopularRequest(Request):
+    k: K = 10
+    days: Annotated[StrictInt, Field(ge=1, le=365)] | None = Field(None, description="look-back window; default 30 days")
+
+
+class PopularResponse(Response):
+    items: list[Item]
+    days: int
+    as_of: str = Field(description="the end of the look-back window: the recommender's data end")
+    model_versions: dict[str, str]
+
+
+# ---------------------------------------------------------------------------------------------- CRM
+
+
+class CustomersRequest(Request):
+    customer_ids: Annotated[list[CustomerId], Field(min_length=1, max_length=MAX_IDS)]
+
+
+Status = Literal["ok", "unknown_customer"]
+
+
+class Reason(Response):
+    feature: str
+    description: str
+    value: float | None
+    typical: float
+    effect: float = Field(description="rise in churn probability this feature alone explains")
+
+
+class ChurnScore(Response):
+    customer_id: int
+    status: Status
+    churn_probability: float | None = None
+    risk_band: Literal["low", "medium", "high"] | None = None
+    reasons: list[Reason] = Field(default_factory=list)
+
+
+class ChurnResponse(Response):
+    results: list[ChurnScore] = Field(description="one per id asked, in the order asked")
+    model_versions: dict[str, str]
+    features_as_of: str | None
+
+
+class LTVScore(Response):
+    customer_id: int
+    status: Status
+    predicted_value: float | None = Field(None, description="expected spend within the horizon")
+    predicted_orders: float | None = None
+    p_alive: float | None = None
+    tier: Literal["platinum", "gold", "silver", "bronze"] | None = None
+    expected_next_order_date: str | None = None
+    horizon_days: int | None = None
+
+
+class LTVResponse(Response):
+    results: list[LTVScore]
+    model_versions: dict[str, str]
+    features_as_of: str | None
+
+
+class CustomerRequest(Request):
+    customer_id: CustomerId
+
+
+class Order(Response):
+    invoice_no: str
+    date: str
+    lines: int
+    amount: float
+
+
+class CustomerResponse(Response):
+    customer_id: int
+    status: Status
+    features: dict[str, float | str | None]
+    churn: ChurnScore
+    ltv: LTVScore
+    recent_orders: list[Order]
+    recommendations: list[Item]
+    model_versions: dict[str, str]
+    features_as_of: str | None
+
+
+# -------------------------------------------------------------------------------------------- admin
+
+
+class ReloadRequest(Request):
+    pass
+
+
+class ReloadResponse(Response):
+    reloaded: bool
+    message: str
+    model_versions: dict[str, str]
+    previous_versions: dict[str, str]
+
+
+class ErrorResponse(Response):
+    error: str
+    detail: list[str] = Field(default_factory=list)
+
+
+REQUEST_MODELS: dict[str, type[Request]] = {
+    "/recommend": RecommendRequest,
+    "/similar_items": SimilarItemsRequest,
+    "/popular": PopularRequest,
+    "/churn": CustomersRequest,
+    "/ltv": CustomersRequest,
+    "/customer": CustomerRequest,
+    "/admin/reload": ReloadRequest,
+}
