@@ -156,7 +156,7 @@ class Champions:
     def popular_order(self, days: float) -> tuple[np.ndarray, np.ndarray]:
         """Items by distinct buyers over ``days`` days, computed once per window length."""
         if days not in self._popular:
-            self._popular[days] = self.recs.sources.h.popular_order(days)
+            self._popular[days] = self.recs.popular_products(days)
         return self._popular[days]
 
 

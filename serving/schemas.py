@@ -9,19 +9,29 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StringConstraints
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictInt, StringConstraints
 
 MAX_K = 100
 MAX_IDS = 1000
 MAX_ITEMS = 200
 
-CustomerId = Annotated[StrictInt, Field(ge=1, le=2**53, description="the shop's customer id", examples=[17850])]
+def _integral(value: object) -> object:
+    """JSON has one number type: 17850.0 is the integer 17850 (as JSON Schema says), 17850.5 is not."""
+    if isinstance(value, float) and value.is_integer() and abs(value) <= 2**53:
+        return int(value)
+    return value
+
+
+# Integers within bounds: no strings, no booleans, no fractions. The bounds sit inside the
+# validator so that the JSON schema states them (minimum / maximum).
+CustomerId = Annotated[StrictInt, Field(ge=1, le=2**53), BeforeValidator(_integral),
+                       Field(description="the shop's customer id", examples=[17850])]
 ItemId = Annotated[
     str,
-    StringConstraints(strict=True, strip_whitespace=True, to_upper=True, min_length=1, max_length=64),
+    StringConstraints(strict=True, strip_whitespace=True, to_upper=True, min_length=1, max_length=64, pattern=r"\S"),
     Field(description="a product code (stock code)", examples=["85123A"]),
 ]
-K = Annotated[StrictInt, Field(ge=1, le=MAX_K, description=f"how many items, 1..{MAX_K}")]
+K = Annotated[StrictInt, Field(ge=1, le=MAX_K), BeforeValidator(_integral), Field(description=f"how many items, 1..{MAX_K}")]
 
 
 class Request(BaseModel):
@@ -78,7 +88,7 @@ class SimilarItemsResponse(Response):
 
 class PopularRequest(Request):
     k: K = 10
-    days: Annotated[StrictInt, Field(ge=1, le=365)] | None = Field(None, description="look-back window; default 30 days")
+    days: Annotated[StrictInt, Field(ge=1, le=365), BeforeValidator(_integral)] | None = Field(None, description="look-back window; default 30 days")
 
 
 class PopularResponse(Response):
@@ -179,12 +189,28 @@ class ErrorResponse(Response):
     detail: list[str] = Field(default_factory=list)
 
 
-REQUEST_MODELS: dict[str, type[Request]] = {
-    "/recommend": RecommendRequest,
-    "/similar_items": SimilarItemsRequest,
-    "/popular": PopularRequest,
-    "/churn": CustomersRequest,
-    "/ltv": CustomersRequest,
-    "/customer": CustomerRequest,
-    "/admin/reload": ReloadRequest,
+class Endpoint(BaseModel):
+    scope: Literal["storefront", "crm", "admin"]
+    request: type[Request]
+    response: type[Response]
+    summary: str
+
+
+ENDPOINTS: dict[str, Endpoint] = {
+    "/recommend": Endpoint(scope="storefront", request=RecommendRequest, response=RecommendResponse,
+                           summary="Ranked items for a customer, an anonymous basket, or nobody (best sellers)"),
+    "/similar_items": Endpoint(scope="storefront", request=SimilarItemsRequest, response=SimilarItemsResponse,
+                               summary="Items most often bought with the given item"),
+    "/popular": Endpoint(scope="storefront", request=PopularRequest, response=PopularResponse,
+                         summary="Best sellers: most distinct buyers over the last days"),
+    "/churn": Endpoint(scope="crm", request=CustomersRequest, response=ChurnResponse,
+                       summary="Churn probability, risk band and reasons for 1..1000 customers, in the order asked"),
+    "/ltv": Endpoint(scope="crm", request=CustomersRequest, response=LTVResponse,
+                     summary="Predicted spend and orders, P(alive), tier and next order date for 1..1000 customers"),
+    "/customer": Endpoint(scope="crm", request=CustomerRequest, response=CustomerResponse,
+                          summary="One customer's profile: key features, churn, LTV, recent orders, recommendations"),
+    "/admin/reload": Endpoint(scope="admin", request=ReloadRequest, response=ReloadResponse,
+                              summary="Load the current @champion models; on failure the models in use keep serving"),
 }
+SCOPES = {path: e.scope for path, e in ENDPOINTS.items()}
+REQUEST_MODELS: dict[str, type[Request]] = {path: e.request for path, e in ENDPOINTS.items()}

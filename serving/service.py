@@ -26,22 +26,13 @@ import bentoml
 from starlette.responses import JSONResponse
 
 from pipelines.settings import PatronSettings
-from serving import logic
+from serving import logic, openapi
 from serving import schemas as S
 from serving.edge import Edge
 from serving.runtime import FeaturesUnavailable, NotReady, Runtime
 
 log = logging.getLogger(__name__)
 
-SCOPES = {
-    "/recommend": "storefront",
-    "/similar_items": "storefront",
-    "/popular": "storefront",
-    "/churn": "crm",
-    "/ltv": "crm",
-    "/customer": "crm",
-    "/admin/reload": "admin",
-}
 T = TypeVar("T")
 
 
@@ -56,7 +47,7 @@ def _unavailable(exc: Exception) -> JSONResponse:
     name="patron",
     workers=PatronSettings().serve_workers,
     logging={"access": {"enabled": False}},
-    tracing={"sample_rate": 0.0, "excluded_urls": list(SCOPES)},
+    tracing={"sample_rate": 0.0, "excluded_urls": list(S.SCOPES)},
     monitoring={"enabled": False},
     metrics={"enabled": True, "namespace": "patron"},
 )
@@ -123,4 +114,4 @@ class Patron:
         return body
 
 
-Patron.add_asgi_middleware(Edge, scopes=SCOPES, models=S.REQUEST_MODELS)
+Patron.add_asgi_middleware(Edge, scopes=S.SCOPES, models=S.REQUEST_MODELS, openapi=openapi.document())

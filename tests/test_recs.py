@@ -332,3 +332,34 @@ def test_precomputed_lists_equal_the_scored_lists_and_survive_save_load(cluster,
     items, _, _ = again.ranked(0)
     assert len(items) == 10  # topped up with popular items
     assert again.ranked(-1) is None  # unknown customers have no list
+
+
+def test_anonymous_baskets_use_the_session_model_and_keep_it_on_save_load(cluster, tmp_path):
+    from training.session import SessionModel, SessionParams
+
+    lines, group_a, group_b = cluster
+    model = Recommender(**FAST).fit(lines, AS_OF)
+    model.set_session(SessionModel(SessionParams(dim=8, epochs=30, seed=0)).fit(lines, AS_OF))
+    got = model.for_session(["A1", "A2"], k=4)
+    assert set(got["item_id"]) <= group_a - {"A1", "A2"}  # the basket's own group, never the basket
+    again = load_model(model.save(tmp_path / "m"))
+    assert again.session is not None
+    pd.testing.assert_frame_equal(again.for_session(["A1", "A2"], k=4), got)
+
+
+def test_postage_and_fees_are_never_recommended(tmp_path):
+    """Regression: foreign customers pay postage with every order, so the model learned to
+    recommend POSTAGE, which nobody chooses."""
+    rows = []
+    for c in range(1, 9):
+        for week in range(20):
+            inv = f"{c:02d}{week:03d}"
+            ts = START + pd.Timedelta(days=7 * week + c % 3)
+            rows += [(c, inv, "POST", ts), (c, inv, f"P{(week + c) % 5}", ts), (c, inv, f"Q{week % 3}", ts)]
+    lines = make_lines(rows)
+    model = Recommender(**FAST).fit(lines, AS_OF)
+    model.precompute(k=6)
+    for new_only in (False, True):
+        assert "POST" not in set(model.recommend([1, 2, 99], k=6, new_only=new_only)["item_id"])
+    assert "POST" not in set(model.similar_items("P1", k=6)["item_id"])
+    assert "POST" not in set(model.for_session(["P1"], k=6)["item_id"]) | set(model.popular(k=6)["item_id"])

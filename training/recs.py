@@ -59,6 +59,8 @@ from training.recs_baselines import (
 
 SOURCES = ("buy_again", "co_purchase", "als", "ease", "trending", "popular")
 PRECOMPUTED = 50  # list length saved per customer with the model
+SESSION_WEIGHT = 0.75  # of the session model in an anonymous basket's scores (chosen on May 2011)
+SESSION_DIR = "session"
 _BUY, _COP, _ALS, _EASE, _TREND, _POP = range(6)
 
 CUSTOMER_FEATURES = ("c_orders", "c_last_age", "c_first_age", "c_items", "c_log_spend", "c_mean_gap",
@@ -370,6 +372,8 @@ class Sources:
             best_key[better] = key[better]
             source[better] = s_code
             cand |= nominated
+        # postage, fees and manual lines are bought, but never chosen: no list offers them
+        cand &= ~h.item_nonproduct.astype(bool)[None, :]
         pr, pi = np.nonzero(cand)
         # pair features from the customer x item history
         h_rows = rows[pr]
@@ -510,6 +514,7 @@ class Recommender(RecommenderBase):
         self.sources: Sources | None = None
         self.rankers: dict[str, TreeEnsemble] = {}
         self.precomputed: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        self.session = None  # optional SessionModel for anonymous baskets (set_session)
         self.fit_info: dict = {}
 
     def get_params(self) -> dict:
@@ -642,7 +647,7 @@ class Recommender(RecommenderBase):
         src = self._check_model()
         h = src.h
         rows = np.arange(h.n_customers)
-        pop_order, pop_score = h.popular_order(self.params.popular_days)
+        pop_order, pop_score = self.popular_products()
         X = h.matrix()
         self.precomputed = {}
         for name, new_only in (("repeat", False), ("discovery", True)):
@@ -660,6 +665,22 @@ class Recommender(RecommenderBase):
                 scores[row, :len(sl)] = sl
                 codes[row, :len(so)] = [SOURCES.index(x) for x in so]
             self.precomputed[name] = (items, scores, codes)
+
+    def popular_products(self, days: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Items by distinct buyers over ``days`` (default ``popular_days``), products only."""
+        h = self._check_model().h
+        order, buyers = h.popular_order(self.params.popular_days if days is None else days)
+        return order[h.item_nonproduct[order] == 0], buyers
+
+    def popular(self, k: int = 10, days: float | None = None) -> pd.DataFrame:
+        """The most bought products (distinct buyers) in the last ``days`` days before ``as_of``."""
+        days = self.params.popular_days if days is None else days
+        order, recent = self.popular_products(days)
+        top = order[:k]
+        h = self._check_model().h
+        return pd.DataFrame({"rank": np.arange(1, len(top) + 1), "item_id": h.items[top].tolist(),
+                             "score": recent[top], "source": "popular",
+                             "reason_data": [{"buyers": int(recent[i]), "days": days} for i in top]})
 
     def ranked(self, row: int, new_only: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
         """The precomputed list of a known customer row (item indices, scores, source codes), or None."""
@@ -684,7 +705,7 @@ class Recommender(RecommenderBase):
             ranked = {r: (i[:k], s[:k], c[:k]) for r, (i, s, c) in ranked.items()}
         else:
             ranked = self._rank(rows, k, new_only, block)
-        pop_order, pop_score = h.popular_order(self.params.popular_days)
+        pop_order, pop_score = self.popular_products()
         out_items, out_scores, out_src, out_rsn = [], [], [], []
         X = h.matrix()
         for row in rows:
@@ -713,6 +734,8 @@ class Recommender(RecommenderBase):
             return self.popular(k)
         lo, hi = src.S.indptr[i], src.S.indptr[i + 1]
         cols, vals = src.S.indices[lo:hi], src.S.data[lo:hi]
+        product = h.item_nonproduct[cols] == 0
+        cols, vals = cols[product], vals[product]
         order = np.lexsort((cols, -vals))[:k]
         out = [(int(cols[o]), float(vals[o]), "co_purchase") for o in order]
         if len(out) < k:
@@ -720,6 +743,7 @@ class Recommender(RecommenderBase):
             vn = V / (np.linalg.norm(V, axis=1, keepdims=True) + 1e-9)
             sim = vn @ vn[i]
             sim[i] = -np.inf
+            sim[h.item_nonproduct == 1] = -np.inf
             have = {o[0] for o in out}
             for j in np.lexsort((np.arange(len(sim)), -sim)):
                 if len(out) >= k:
@@ -732,8 +756,13 @@ class Recommender(RecommenderBase):
                              "reason_data": [{"anchor_item": str(item_id)} for _ in out]})
 
     def for_session(self, items: list[str], k: int = 10) -> pd.DataFrame:
-        """For an anonymous basket: the items most co-purchased with it (summed similarity), then
-        popular ones. Columns ``rank, item_id, score, source, reason_data``."""
+        """For an anonymous basket: the items most likely to be added to it, then popular ones.
+
+        With a session model (trained on every basket, guests' included; :mod:`training.session`)
+        the score is ``SESSION_WEIGHT`` x its probabilities + the rest x co-purchase similarity,
+        each scaled to its maximum for the basket: the blend beat both parts on the validation
+        month (benchmarks/session_quality.py). Without one, co-purchase alone.
+        Columns ``rank, item_id, score, source, reason_data``."""
         src = self._check_model()
         h = src.h
         idx = h.item_index(items)
@@ -741,16 +770,25 @@ class Recommender(RecommenderBase):
         out: list[tuple[int, float, str, dict]] = []
         if len(idx):
             block = src.S[idx]
-            score = np.asarray(block.sum(axis=0)).ravel().astype(np.float64)
+            cop = np.asarray(block.sum(axis=0)).ravel().astype(np.float64)
+            score = cop / cop.max() if cop.max() > 0 else cop
+            probs = self.session.scores([str(h.items[i]) for i in idx]) if self.session is not None else None
+            if probs is not None:
+                sess = np.zeros(h.n_items)
+                known = self._session_index >= 0
+                sess[known] = probs[self._session_index[known]]
+                score = SESSION_WEIGHT * sess / max(sess.max(), 1e-12) + (1 - SESSION_WEIGHT) * score
             score[idx] = 0.0
+            score[h.item_nonproduct == 1] = 0.0
             cand = np.flatnonzero(score > 0)
             cand = cand[np.lexsort((cand, -score[cand]))][:k]
             dense = block[:, cand].toarray() if len(cand) else np.zeros((len(idx), 0))
             for q, j in enumerate(cand):
+                # the basket item it is most bought with names the reason (the first one if none)
                 anchor = idx[int(np.argmax(dense[:, q]))]
                 out.append((int(j), float(score[j]), "co_purchase", {"anchor_item": str(h.items[anchor])}))
         if len(out) < k:
-            order, pop = h.popular_order(self.params.popular_days)
+            order, pop = self.popular_products()
             have = {o[0] for o in out} | set(idx.tolist())
             for j in order:
                 if len(out) >= k:
@@ -761,6 +799,13 @@ class Recommender(RecommenderBase):
                              "item_id": [str(h.items[j]) for j, _, _, _ in out],
                              "score": [o[1] for o in out], "source": [o[2] for o in out],
                              "reason_data": [o[3] for o in out]})
+
+    def set_session(self, session) -> None:
+        """Attach a fitted :class:`training.session.SessionModel` for anonymous baskets."""
+        self.session = session
+        h = self._check_model().h
+        pos = {str(i): j for j, i in enumerate(session.item_ids)}
+        self._session_index = np.array([pos.get(str(i), -1) for i in h.items], np.int64)
 
     # ---- persistence
     def _state_arrays(self) -> dict[str, np.ndarray]:
@@ -781,6 +826,8 @@ class Recommender(RecommenderBase):
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         save_arrays(directory / ARRAYS_FILE, self._state_arrays())
+        if self.session is not None:
+            self.session.save(directory / SESSION_DIR)
         write_meta(directory, self.kind, self.get_params(), as_of=src.h.as_of.isoformat(),
                    n_customers=src.h.n_customers, n_items=src.h.n_items, **self._extra_meta())
         return directory
@@ -800,6 +847,10 @@ class Recommender(RecommenderBase):
         model.precomputed = {name: (arrays[f"pre_{name}_items"], arrays[f"pre_{name}_scores"], arrays[f"pre_{name}_sources"])
                              for name in ("repeat", "discovery") if f"pre_{name}_items" in arrays}
         model.fit_info = meta.get("fit_info", {})
+        if (directory / SESSION_DIR).is_dir():
+            from training.session import SessionModel
+
+            model.set_session(SessionModel.load(directory / SESSION_DIR))
         return model
 
     def _set_state(self, arrays, meta, directory) -> None:  # pragma: no cover - load() is overridden

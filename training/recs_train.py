@@ -95,6 +95,7 @@ def train_recommender(spec: TrainSpec) -> TrainResult:
                 return _scores(Recommender.load(directory), lines, holdout, spec.horizon_days)["recall_at_20"]
 
         model = Recommender(label_days=spec.horizon_days).fit(lines, spec.as_of)
+        _attach_session_model(model, spec, notes)
         t0 = time.perf_counter()
         model.precompute()  # both lists of every customer, saved with the model for serving and export
         mlflow.log_metric("precompute_seconds", time.perf_counter() - t0)
@@ -114,6 +115,22 @@ def train_recommender(spec: TrainSpec) -> TrainResult:
         )
         mlflow.set_tag("gate_reason", decision.reason)
     return TrainResult("recs", version, decision.promoted, decision.reason, metrics, baselines, notes)
+
+
+def _attach_session_model(model: Recommender, spec: TrainSpec, notes: list[str]) -> None:
+    """Fit the basket-completion model on every basket before as_of (guests' too) and attach it."""
+    from training.session import SessionModel
+
+    baskets = load_lines(spec.data_dir, end=spec.as_of, valid_only=False,
+                         columns=("customer_id", "invoice_no", "item_id", "quantity", "unit_price", "amount", "invoice_ts", "line_class"))
+    t0 = time.perf_counter()
+    try:
+        session = SessionModel().fit(baskets, spec.as_of)
+    except ValueError as exc:  # too few baskets of two or more items: co-purchase alone serves them
+        notes.append(f"no session model: {exc}")
+        return
+    mlflow.log_metric("session_fit_seconds", time.perf_counter() - t0)
+    model.set_session(session)
 
 
 @dataclass(frozen=True)
