@@ -25,6 +25,7 @@ class LoadResult:
     seconds: float
     latencies_ms: np.ndarray
     statuses: dict[int, int] = field(default_factory=dict)
+    by_tag: dict[str, "LoadResult"] = field(default_factory=dict)  # when requests are (tag, bytes) pairs
 
     @property
     def rps(self) -> float:
@@ -78,7 +79,7 @@ async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
 async def run(
     host: str,
     port: int,
-    requests: Sequence[bytes] | Callable[[int], bytes],
+    requests: Sequence[bytes | tuple[str, bytes]] | Callable[[int], bytes | tuple[str, bytes]],
     *,
     connections: int = 8,
     duration: float = 10.0,
@@ -90,6 +91,7 @@ async def run(
     pick = requests if callable(requests) else (lambda i: requests[i % len(requests)])
     lat: list[float] = []
     statuses: dict[int, int] = {}
+    tagged: dict[str, list] = {}  # tag -> [latencies, statuses, errors]
     errors = 0
     counter = 0
     t0 = time.perf_counter()
@@ -112,6 +114,7 @@ async def run(
                     next_send += interval
                 counter += 1
                 req = pick(counter)
+                tag, req = req if isinstance(req, tuple) else (None, req)
                 start = time.perf_counter()
                 writer.write(req)
                 status, body = await _read_response(reader)
@@ -119,14 +122,20 @@ async def run(
                 if start >= t_measure and end <= t_end:
                     lat.append((end - start) * 1000)
                     statuses[status] = statuses.get(status, 0) + 1
-                    if check is not None and not check(status, body):
-                        errors += 1
+                    bad = check is not None and not check(status, body)
+                    errors += bad
+                    if tag is not None:
+                        t = tagged.setdefault(tag, [[], {}, 0])
+                        t[0].append((end - start) * 1000)
+                        t[1][status] = t[1].get(status, 0) + 1
+                        t[2] += bad
         finally:
             writer.close()
 
     await asyncio.gather(*(conn(i) for i in range(connections)))
     arr = np.asarray(lat)
-    return LoadResult(len(arr), errors, duration, arr, statuses)
+    by_tag = {t: LoadResult(len(v[0]), v[2], duration, np.asarray(v[0]), v[1]) for t, v in tagged.items()}
+    return LoadResult(len(arr), errors, duration, arr, statuses, by_tag)
 
 
 def run_sync(*args, **kwargs) -> LoadResult:

@@ -17,6 +17,7 @@ file that dies half-way leaves the store as it was.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import datetime as dt
 import fcntl
@@ -41,6 +42,8 @@ import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+
+from features.faults import crash_point
 
 log = logging.getLogger(__name__)
 
@@ -242,8 +245,14 @@ def _read_bytes(path: Path) -> bytes:
     return data
 
 
+_UTF16_BOMS = (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
+
+
 def _decode(data: bytes) -> tuple[str, str]:
-    """Exports come from spreadsheets and shop systems: UTF-8 (maybe with a BOM) or Windows-1252."""
+    """Exports come from spreadsheets and shop systems: UTF-8 (maybe with a BOM), Windows-1252, or
+    UTF-16 with its BOM (a spreadsheet's "Unicode text")."""
+    if data.startswith(_UTF16_BOMS):
+        return data[: len(data) // 2 * 2].decode("utf-16", errors="replace"), "utf-16"
     for enc in ("utf-8-sig", "cp1252"):
         try:
             text = data.decode(enc)
@@ -282,11 +291,12 @@ def read_header(path: Path) -> list[str]:
     opener: Callable[..., io.BufferedIOBase] = gzip.open if path.name.endswith(".gz") else open  # type: ignore[assignment]
     try:
         with opener(path, "rb") as fh:
-            first = fh.readline(1 << 20)
+            first = fh.read(1 << 16)
     except (EOFError, OSError, zlib.error) as exc:
         raise UnreadableFileError(f"{path}: cannot read ({exc}); nothing from it was stored") from exc
+    _refuse_binary(first, path)
     text, _ = _decode(first)
-    line = text.rstrip("\r\n")
+    line = text.split("\n", 1)[0].rstrip("\r")
     delim = max(_DELIMITERS, key=line.count)
     return next(csv.reader([line], delimiter=delim))
 
@@ -317,8 +327,15 @@ def _read_parquet(path: Path) -> RawFrame:
     return RawFrame(frame, _broken_frame(path.name, []), "parquet", "")
 
 
+def _refuse_binary(head: bytes, path: Path) -> None:
+    if b"\x00" in head and not head.startswith(_UTF16_BOMS):
+        raise UnreadableFileError(f"{path}: holds NUL bytes, so it is not CSV text (a binary or mis-encoded file); nothing from it was stored")
+
+
 def _read_csv(path: Path) -> RawFrame:
-    text, encoding = _decode(_read_bytes(path))
+    data = _read_bytes(path)
+    _refuse_binary(data[: 1 << 16], path)
+    text, encoding = _decode(data)
     if not text.strip():
         raise SchemaError(f"{path}: empty file; expected a header line with {', '.join(RAW_COLUMNS)}")
     first_line = text.split("\n", 1)[0].rstrip("\r")
@@ -785,6 +802,7 @@ def _flush(
         )
         store.commit_file(digest, path, canon, quarantine, fr)
         report.add(fr)
+        crash_point("ingest")  # a file committed, the next ones not yet
         if progress:
             progress(1)
 

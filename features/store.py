@@ -19,6 +19,7 @@ import yaml
 from feast import FeatureStore, RepoConfig
 
 from features.compute import CUSTOMER_FEATURES_FILE, PRODUCT_FEATURES_FILE, to_utc
+from features.faults import crash_point
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +103,9 @@ def materialize(store: FeatureStore, as_of: dt.date | dt.datetime) -> Materializ
         store.get_feature_view("customer_features")
     except Exception as exc:
         raise FeatureStoreError("feature definitions are not registered: run `patron features apply` first") from exc
-    store.materialize(start_date=snapshot, end_date=snapshot)
+    for view in ("customer_features", "product_features"):  # one at a time: a crash between them is recoverable
+        store.materialize(start_date=snapshot, end_date=snapshot, feature_views=[view])
+        crash_point("materialize")
     counts = {}
     for name in (CUSTOMER_FEATURES_FILE, PRODUCT_FEATURES_FILE):
         df = pd.read_parquet(repo / "data" / name, columns=["event_timestamp"])

@@ -61,6 +61,9 @@ def _fail(message: str, code: int = 2) -> None:
 @app.callback()
 def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress details.")] = False) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # Order lines, features, models and the registry are the shop's customer data: whatever this
+    # process creates is readable by its own user only.
+    os.umask(0o077)
     # The command line draws its own progress; MLflow's per-file download bars are noise here.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 

@@ -108,7 +108,7 @@ def recommend(rt: Runtime, req: S.RecommendRequest) -> S.RecommendResponse:
         fallback = "no_customer"
     else:
         try:
-            found, ts = rt.features.presence(req.customer_id)
+            found, ts = rt.reader().presence(req.customer_id)
             features_as_of = dt.datetime.fromtimestamp(ts, dt.timezone.utc).isoformat() if found else None
             row = champions.row_of.get(req.customer_id, -1)
             if row < 0:
@@ -170,7 +170,7 @@ def popular(rt: Runtime, req: S.PopularRequest) -> S.PopularResponse:
 
 
 def _features(rt: Runtime, ids: list[int]) -> CustomerFeatures:
-    return rt.features.customers(list(dict.fromkeys(ids)))  # each distinct id read once
+    return rt.reader().customers(list(dict.fromkeys(ids)))  # each distinct id read once
 
 
 def _reindex(feats: CustomerFeatures, ids: list[int]) -> tuple[pd.DataFrame, np.ndarray]:
@@ -186,7 +186,7 @@ def churn_scores(champions: Champions, frame: pd.DataFrame, found: np.ndarray, r
         sub = frame.iloc[known]
         p = champions.churn.predict_proba(sub)
         bands = risk_band(p, champions.churn.bands)
-        why = champions.churn.reasons(sub) if reasons else [[] for _ in known]
+        why = champions.churn.reasons(sub, p=p) if reasons else [[] for _ in known]
         for q, i in enumerate(known):
             out[i] = S.ChurnScore(customer_id=int(sub["customer_id"].iloc[q]), status="ok", churn_probability=round(float(p[q]), 6),
                                   risk_band=str(bands[q]), reasons=[S.Reason(**r) for r in why[q]])

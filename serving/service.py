@@ -17,13 +17,14 @@ a worker thread so it never stalls the storefront's requests on the event loop.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Callable
 from typing import TypeVar
 
 import anyio
 import bentoml
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 
 from pipelines.settings import PatronSettings
 from serving import logic, openapi
@@ -60,19 +61,24 @@ class Patron:
         # One thread per numeric library call: concurrent requests already use both cores, and
         # OpenMP threads spin-waiting for each other made tree scoring several times slower.
         self._threads = threadpool_limits(limits=1)
+        os.umask(0o077)  # anything the service writes (metrics files, downloads) stays private
         self.runtime = Runtime(PatronSettings())
         threading.Thread(target=self.runtime.reload, name="patron-load", daemon=True).start()
 
     async def __is_ready__(self) -> bool:
         return self.runtime.champions is not None and await anyio.to_thread.run_sync(self.runtime.store_ok)
 
-    async def _call(self, fn: Callable[..., T], request: object, *, thread: bool = False) -> T | JSONResponse:
+    async def _call(self, fn: Callable[..., T], request: object, *, thread: bool = False) -> T | Response:
+        """Run one endpoint's logic; the answer goes out as JSON serialised once, here (the model
+        was validated when it was built; BentoML would validate and copy it again)."""
         try:
             if thread:
-                return await anyio.to_thread.run_sync(fn, self.runtime, request)
-            return fn(self.runtime, request)
+                answer = await anyio.to_thread.run_sync(fn, self.runtime, request)
+            else:
+                answer = fn(self.runtime, request)
         except (NotReady, FeaturesUnavailable) as exc:
             return _unavailable(exc)
+        return Response(answer.model_dump_json(), media_type="application/json")
 
     @bentoml.api(route="/recommend", input_spec=S.RecommendRequest, output_spec=S.RecommendResponse)
     async def recommend(self, **fields) -> S.RecommendResponse:

@@ -85,3 +85,27 @@ def test_redis_url_becomes_a_feast_connection_string() -> None:
     assert redis_connection_string("redis://:s%40cret@cache:6380/3") == "cache:6380,db=3,password=s@cret"
     with pytest.raises(ValueError, match="redis://host:port/db"):
         redis_connection_string("http://cache:6379")
+
+
+def test_the_lean_sqlite_reader_returns_what_feasts_own_reader_returns(built_home: Path) -> None:
+    """The service reads through features.online_sqlite; it must agree with Feast's SQLite reader
+    on values, timestamps, unknown entities and a subset of the features."""
+    from feast.infra.online_stores.sqlite import SqliteOnlineStore
+    from feast.protos.feast.types.EntityKey_pb2 import EntityKey
+    from feast.protos.feast.types.Value_pb2 import Value
+
+    store = open_store(built_home / "feature_store", "sqlite")
+    apply_definitions(store)
+    materialize(store, AS_OF)
+    view = store.get_feature_view("customer_features")
+    keys = [EntityKey(join_keys=["customer_id"], entity_values=[Value(int64_val=c)]) for c in KNOWN + [99999999]]
+    lean = store._get_provider().online_store
+    assert type(lean).__name__ == "PatronSqliteOnlineStore"
+    stock = SqliteOnlineStore()
+    for subset in (None, ["frequency", "country"]):
+        got = lean.online_read(store.config, view, keys, subset)
+        want = stock.online_read(store.config, view, keys, None)
+        assert [ts for ts, _ in got] == [ts for ts, _ in want]
+        assert got[-1] == (None, None)
+        for (_, g), (_, w) in zip(got[:-1], want[:-1]):
+            assert g == ({k: v for k, v in w.items() if k in subset} if subset else w)

@@ -237,3 +237,51 @@ def test_known_customers_include_those_whose_only_order_was_quarantined(tmp_path
     ids = known_customers(home / "data", dt.date(2010, 12, 2)).tolist()
     assert ids == [12346, 17850]
     assert known_customers(home / "data", dt.date(2010, 12, 1)).tolist() == []
+
+
+HOSTILE_OK = "536365,85123A,WHITE HANGING HEART,6,2010-12-01 08:26:00,2.55,17850,United Kingdom\n"
+HEADER_LINE = "InvoiceNo,StockCode,Description,Quantity,InvoiceDate,UnitPrice,CustomerID,Country\n"
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "sales", "quarantined"),
+    [
+        # one 100 MB field: quarantined, the rows around it kept, memory bounded by the field cap
+        ("long.csv", HEADER_LINE + HOSTILE_OK + "536366,X," + "A" * 100_000_000 + ",1,2010-12-01 08:26:00,1.0,17850,UK\n"
+         + HOSTILE_OK.replace("536365", "536367"), 2, 1),
+        ("mixed.csv", HEADER_LINE + HOSTILE_OK + "536368;85123A;X;1;2010-12-01 08:26:00;1.0;17850;UK\n"
+         + "536369|85123A|X|1|2010-12-01 08:26:00|1.0|17850|UK\n", 1, 2),
+        ("numbers.csv", HEADER_LINE + HOSTILE_OK + "".join(
+            f"5364{i},85123A,X,{q},2010-12-01 08:26:00,{p},17850,UK\n"
+            for i, (q, p) in enumerate([("NaN", "2.0"), ("2", "nan"), ("-5", "-2.0"), ("inf", "1"), ("1e400", "1"), ("2", "Infinity")])), 1, 6),
+        ("utf16.csv", (HEADER_LINE + HOSTILE_OK).encode("utf-16"), 1, 0),
+    ],
+)
+def test_hostile_files_are_quarantined_row_by_row(tmp_path: Path, home: Path, name, content, sales, quarantined) -> None:
+    path = tmp_path / name
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    report = ingest([path], home / "data")
+    assert report.classes["sale"] == sales and report.quarantined == quarantined
+    assert report.rows_in == sum(report.classes.values())
+    if quarantined:
+        assert read_quarantine(home / "data")["reason"].str.len().min() > 0  # every row keeps its reason
+
+
+def test_a_binary_file_is_refused_and_changes_nothing(tmp_path: Path, home: Path) -> None:
+    good = write_raw(tmp_path / "good.csv", DAY1)
+    ingest([good], home / "data")
+    before = canonical(home / "data")
+    junk = tmp_path / "junk.csv"
+    junk.write_bytes(b"\x00\x01garbage\xff\xfe" * 1000)
+    with pytest.raises(UnreadableFileError, match="NUL bytes"):
+        ingest([junk], home / "data")
+    pd.testing.assert_frame_equal(canonical(home / "data"), before)
+
+
+def test_the_state_directory_is_private(tmp_path: Path, home: Path) -> None:
+    """Customer data: what `patron` writes is readable by its user only."""
+    f = write_raw(tmp_path / "2010-12-01.csv", DAY1)
+    res = CliRunner().invoke(__import__("pipelines.cli", fromlist=["app"]).app, ["ingest", "--source", str(f), "--home", str(home)])
+    assert res.exit_code == 0, res.output
+    created = [p for p in home.rglob("*")]
+    assert created and all(p.stat().st_mode & 0o077 == 0 for p in created), [oct(p.stat().st_mode) for p in created][:5]

@@ -3,97 +3,13 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from features.synth import generate
-from pipelines import pipeline as pl
-from pipelines.settings import REPO_ROOT, PatronSettings
-from serving.launch import server_env, wait_ready
+from tests.conftest import AS_OF, KEYS, Server
 from training.data import load_lines
-
-AS_OF = dt.date(2023, 8, 1)
-KEYS = {"storefront": "sf-test-key", "crm": "crm-test-key", "admin": "admin-test-key"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="session")
-def trained_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A state directory with all three champions trained on a small synthetic shop."""
-    src = tmp_path_factory.mktemp("shop")
-    generate(src, customers=400, products=100, days=240, start=dt.date(2023, 1, 2), seed=5)
-    home = tmp_path_factory.mktemp("served") / "home"
-    pl.run_pipeline(PatronSettings(home=home), [src], AS_OF, 28)
-    import mlflow
-
-    mlflow.set_tracking_uri(None)
-    return home
-
-
-class Server:
-    def __init__(self, home: Path, **env: str) -> None:
-        self.home = home
-        self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-        settings = PatronSettings(home=home, storefront_keys=KEYS["storefront"], crm_keys=KEYS["crm"], admin_keys=KEYS["admin"])
-        environ = {**server_env(settings), **env}
-        self.log = open(home.parent / f"server-{self.port}.log", "w")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "bentoml", "serve", "serving.service:Patron", "--port", str(self.port), "--host", "127.0.0.1",
-             "--working-dir", str(REPO_ROOT)],
-            env=environ, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-        if not wait_ready(self.base, self.proc, timeout=180):
-            self.stop()
-            raise RuntimeError(f"the service did not become ready; log: {(home.parent / f'server-{self.port}.log').read_text()[-3000:]}")
-
-    def post(self, path: str, body: object = None, key: str | None = "storefront", raw: bytes | None = None,
-             headers: dict | None = None) -> tuple[int, dict]:
-        data = raw if raw is not None else json.dumps(body if body is not None else {}).encode()
-        h = {"Content-Type": "application/json", **(headers or {})}
-        if key:
-            h["X-API-Key"] = KEYS.get(key, key)
-        req = urllib.request.Request(self.base + path, data=data, method="POST", headers=h)
-        try:
-            with urllib.request.urlopen(req, timeout=60) as r:
-                return r.status, json.loads(r.read())
-        except urllib.error.HTTPError as e:
-            text = e.read()
-            try:
-                return e.code, json.loads(text)
-            except ValueError:
-                return e.code, {"raw": text.decode(errors="replace")}
-
-    def get(self, path: str) -> int:
-        try:
-            with urllib.request.urlopen(self.base + path, timeout=30) as r:
-                return r.status
-        except urllib.error.HTTPError as e:
-            return e.code
-
-    def stop(self) -> None:
-        try:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            self.proc.wait(timeout=30)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        self.log.close()
-
 
 @pytest.fixture(scope="module")
 def server(trained_home: Path):

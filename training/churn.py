@@ -35,8 +35,13 @@ from training.customer import (
     RAW,
     TREE,
     CalibratedTrees,
+    Cols,
     LinearScorer,
     PurchaseHistory,
+    as_columns,
+    enrich,
+    log_matrix,
+    tree_matrix,
     check_columns,
     frequent_countries,
     log_features,
@@ -125,9 +130,12 @@ class ChurnModel:
         self.countries = frequent_countries(train)
         self.logit, self.logit_columns = fit_signed_logistic(log_features(train), y, SIGNS)
         x = tree_features(train, self.countries)
+        # 120 trees at a learning rate of 0.1 instead of 250 at 0.05: 0.002 lower AUC on the selection
+        # splits (0.740 / 0.746 against 0.742 / 0.749), half the cost of every prediction and reason
+        # code, which the CRM asks for a thousand customers at a time
         base = HistGradientBoostingClassifier(
-            learning_rate=0.05,
-            max_iter=250,
+            learning_rate=0.1,
+            max_iter=120,
             max_leaf_nodes=15,
             min_samples_leaf=40,
             l2_regularization=1.0,
@@ -148,6 +156,7 @@ class ChurnModel:
     def _compile(self) -> None:
         """Plain-array copies of the fitted estimators, for scoring in the request path."""
         self._linear = LinearScorer(self.logit)
+        self._linear_idx = [LOG.index(c) for c in self.logit_columns]
         self._trees = CalibratedTrees(self.trees)
 
     def fit_label_free(self, current: pd.DataFrame) -> "ChurnModel":
@@ -156,68 +165,75 @@ class ChurnModel:
         return self
 
     def prepare(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """The frame with the purchase-history outputs and derived rates (for analysis)."""
         if self.history is None:
             raise RuntimeError("churn model is not fitted")
         return with_history(frame, self.history, self.horizon_days)
 
-    def predict_proba(self, frame: pd.DataFrame, *, prepared: bool = False) -> np.ndarray:
-        f = frame if prepared else self.prepare(frame)
+    def _proba(self, cols: Cols) -> np.ndarray:
+        if self.history is None:
+            raise RuntimeError("churn model is not fitted")
+        c = enrich(cols, self.history, self.horizon_days)
         if self.label_free:
             # P(no purchase in the horizon) = P(dead) + P(alive) * P(no purchase | alive), with the
             # purchases of an alive customer taken as Poisson with BG/NBD's conditional mean.
-            alive = f["bg_p_alive"].to_numpy(dtype=float).clip(1e-6, 1)
-            rate = f["bg_expected_orders"].to_numpy(dtype=float) / alive
+            alive = np.clip(c["bg_p_alive"], 1e-6, 1)
+            rate = c["bg_expected_orders"] / alive
             return 1 - alive * (1 - np.exp(-rate))
-        p_linear = self._linear.proba(log_features(f)[self.logit_columns].to_numpy())
-        p_trees = self._trees.proba(tree_features(f, self.countries).to_numpy())
+        p_linear = self._linear.proba(log_matrix(c)[:, self._linear_idx])
+        p_trees = self._trees.proba(tree_matrix(c, self.countries))
         return 0.5 * (p_linear + p_trees)
 
-    def reasons(self, frame: pd.DataFrame, top: int = 3) -> list[list[dict]]:
-        """Per customer, the features that on their own make the risk higher than a typical one's.
+    def predict_proba(self, frame: pd.DataFrame) -> np.ndarray:
+        return self._proba(as_columns(frame))
+
+    def reasons(self, frame: pd.DataFrame, top: int = 3, p: np.ndarray | None = None) -> list[list[dict]]:
+        """Per customer at medium or high risk, the features that on their own make the risk higher
+        than a typical retained customer's (low-risk customers get none: there is nothing to explain).
 
         Start from a typical retained customer (training medians among those who stayed), put back
         one of this customer's values at a time, and measure the rise in probability. Unlike
         removing one feature at a time, this still names every cause when causes are redundant (a
         lapsed customer has a long recency AND no recent orders; either alone explains the risk).
-        All the variants go through the model in one batch.
+        All the variants of all customers go through the model in one batch.
         """
+        out: list[list[dict]] = [[] for _ in range(len(frame))]
         if self.label_free or len(frame) == 0:
-            return [[] for _ in range(len(frame))]
-        n = len(frame)
-        typical = frame.reset_index(drop=True).copy()
-        for f, med in self.medians.items():
-            typical[f] = med
-        variants = [typical]
-        for f in self.medians:
-            v = typical.copy()
-            v[f] = frame[f].to_numpy()
-            variants.append(v)
-        p = self.predict_proba(pd.concat(variants, ignore_index=True)).reshape(len(variants), n)
-        effects = p[1:] - p[0]  # (features, customers)
-        names = list(self.medians)
-        values = frame[names].astype(float).to_numpy()
-        out = []
-        for i in range(n):
-            order = [j for j in np.argsort(-effects[:, i], kind="stable")[:top] if effects[j, i] > 0.005]
-            out.append(
-                [
-                    {
-                        "feature": names[j],
-                        "description": REASON_TEXT[names[j]],
-                        "value": None if np.isnan(values[i, j]) else round(float(values[i, j]), 3),
-                        "typical": round(self.medians[names[j]], 3),
-                        "effect": round(float(effects[j, i]), 4),
-                    }
-                    for j in order
-                ]
-            )
+            return out
+        cols = as_columns(frame)
+        p = self._proba(cols) if p is None else p
+        rows = np.flatnonzero(p >= self.bands[0])
+        if len(rows) == 0:
+            return out
+        cols = {k: v[rows] for k, v in cols.items()}
+        n, names = len(rows), list(self.medians)
+        typical = dict(cols)
+        for f in names:
+            typical[f] = np.full(n, self.medians[f])
+        variants = [typical] + [{**typical, f: cols[f]} for f in names]
+        batch = {k: np.concatenate([v[k] for v in variants]) for k in cols}
+        effects = self._proba(batch).reshape(len(variants), n)
+        effects = effects[1:] - effects[0]  # (features, customers)
+        values = np.column_stack([cols[f] for f in names])
+        for q, i in enumerate(rows):
+            order = [j for j in np.argsort(-effects[:, q], kind="stable")[:top] if effects[j, q] > 0.005]
+            out[i] = [
+                {
+                    "feature": names[j],
+                    "description": REASON_TEXT[names[j]],
+                    "value": None if np.isnan(values[q, j]) else round(float(values[q, j]), 3),
+                    "typical": round(self.medians[names[j]], 3),
+                    "effect": round(float(effects[j, q]), 4),
+                }
+                for j in order
+            ]
         return out
 
     def score(self, frame: pd.DataFrame, *, with_reasons: bool = True) -> pd.DataFrame:
         p = self.predict_proba(frame)
         out = pd.DataFrame({"customer_id": frame["customer_id"].to_numpy(), "churn_probability": p, "risk_band": risk_band(p, self.bands)})
         if with_reasons:
-            out["reasons"] = [json.dumps(r) for r in self.reasons(frame)]
+            out["reasons"] = [json.dumps(r) for r in self.reasons(frame, p=p)]
         return out
 
     # ------------------------------------------------------------------ persistence

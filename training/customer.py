@@ -32,6 +32,7 @@ from training.base import ModelLoadError
 log = logging.getLogger(__name__)
 
 DAYS_PER_UNIT = 7.0  # BG/NBD time unit: weeks, as in the literature
+Cols = dict[str, np.ndarray]  # one array per input column: the scoring path's frame
 BTYD = ["btyd_frequency", "btyd_recency_days", "btyd_age_days", "btyd_monetary"]
 HISTORY = ["bg_p_alive", "bg_expected_orders", "bg_expected_value"]
 RAW = [c for c in CUSTOMER_BEHAVIOUR if c != "country"]
@@ -74,16 +75,14 @@ class PurchaseHistory:
             gg = bgnbd.GammaGammaModel(p=1.0, q=2.0, v=max(mean, 1e-6))
         return cls(bg, gg)
 
-    def outputs(self, frame: pd.DataFrame, horizon_days: float) -> pd.DataFrame:
-        x, tx, age, m = _summary(frame)
+    def outputs(self, data: "pd.DataFrame | Cols", horizon_days: float) -> "Cols":
+        x, tx, age, m = _summary(data)
         orders = self.bg.expected_purchases(horizon_days / DAYS_PER_UNIT, x, tx, age)
         alive = self.bg.p_alive(x, tx, age)
         # repeat purchases without a known spend: the population's mean spend, as for newcomers
         known = (x > 0) & (m > 0)
         spend = self.gg.expected_spend(np.where(known, x, 0.0), np.where(known, m, 0.0))
-        return pd.DataFrame(
-            {"bg_p_alive": alive, "bg_expected_orders": orders, "bg_expected_value": orders * spend}, index=frame.index
-        )
+        return {"bg_p_alive": alive, "bg_expected_orders": orders, "bg_expected_value": orders * spend}
 
     def to_dict(self) -> dict:
         return {"bg": self.bg.to_dict(), "gg": self.gg.to_dict()}
@@ -96,11 +95,11 @@ class PurchaseHistory:
             raise ModelLoadError(f"unreadable purchase-history parameters ({exc})") from exc
 
 
-def _summary(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    x = frame["btyd_frequency"].to_numpy(dtype=float)
-    age = frame["btyd_age_days"].to_numpy(dtype=float) / DAYS_PER_UNIT
-    tx = np.minimum(frame["btyd_recency_days"].to_numpy(dtype=float) / DAYS_PER_UNIT, age)
-    m = frame["btyd_monetary"].to_numpy(dtype=float)
+def _summary(data: "pd.DataFrame | Cols") -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    x = _arr(data, "btyd_frequency")
+    age = _arr(data, "btyd_age_days") / DAYS_PER_UNIT
+    tx = np.minimum(_arr(data, "btyd_recency_days") / DAYS_PER_UNIT, age)
+    m = _arr(data, "btyd_monetary")
     # Unknown customers (no features) are scored as one-off buyers seen today: the least informed
     # prior the model has, instead of NaNs that would fail the whole batch.
     bad = ~(np.isfinite(x) & np.isfinite(tx) & np.isfinite(age)) | (x < 0)
@@ -111,67 +110,96 @@ def _summary(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray, n
     return x, tx, age, m
 
 
-def _num(frame: pd.DataFrame, col: str) -> np.ndarray:
-    return frame[col].to_numpy(dtype=float, na_value=np.nan)
+def _arr(data: "pd.DataFrame | Cols", col: str) -> np.ndarray:
+    values = data[col]
+    if isinstance(values, pd.Series):
+        return values.to_numpy(dtype=float, na_value=np.nan)
+    return np.asarray(values, dtype=float)
 
 
-def with_history(frame: pd.DataFrame, history: PurchaseHistory, horizon_days: float) -> pd.DataFrame:
-    """The frame plus the purchase-history outputs and the derived rates both model families use."""
-    check_columns(frame, RAW, "the customer models")
-    out = frame.copy()
-    out[HISTORY] = history.outputs(frame, horizon_days).to_numpy()
-    tenure = np.maximum(_num(frame, "tenure_days"), 30.0)
-    out["order_rate_30d"] = _num(frame, "frequency") / tenure * 30
-    gap = np.maximum(_num(frame, "mean_interorder_days"), 1.0)
+def as_columns(frame: pd.DataFrame) -> "Cols":
+    """The model inputs of a frame as plain arrays: the scoring path works on these, without pandas."""
+    check_columns(frame, [*RAW, "country"], "the customer models")
+    cols: Cols = {c: _arr(frame, c) for c in RAW}
+    cols["country"] = frame["country"].fillna("").astype(str).to_numpy(dtype=object)
+    return cols
+
+
+def enrich(cols: "Cols", history: PurchaseHistory, horizon_days: float) -> "Cols":
+    """The inputs plus the purchase-history outputs and the derived rates both model families use."""
+    out = dict(cols)
+    out.update(history.outputs(cols, horizon_days))
+    tenure = np.maximum(cols["tenure_days"], 30.0)
+    out["order_rate_30d"] = cols["frequency"] / tenure * 30
+    gap = np.maximum(cols["mean_interorder_days"], 1.0)
     # how overdue the next order is, in the customer's own rhythm; one-off buyers have no rhythm
-    out["overdue"] = np.minimum(_num(frame, "recency_days") / gap, 50.0)
+    out["overdue"] = np.minimum(cols["recency_days"] / gap, 50.0)
     return out
 
 
-def log_features(f: pd.DataFrame) -> pd.DataFrame:
-    """The smooth view (input of the linear models); ``f`` comes from :func:`with_history`.
-
-    Plain numpy on the columns: it runs on every scoring request."""
+def log_matrix(c: "Cols") -> np.ndarray:
+    """The smooth view (input of the linear models), columns :data:`LOG`; ``c`` from :func:`enrich`."""
 
     def lg(x: np.ndarray) -> np.ndarray:
         return np.nan_to_num(np.log1p(np.maximum(x, 0.0)), nan=0.0)
 
-    col = lambda c: _num(f, c)  # noqa: E731
-    tenure = lg(col("tenure_days"))
-    censored = np.nan_to_num(col("tenure_censored"), nan=0.0)
-    interorder = col("mean_interorder_days")
+    tenure = lg(c["tenure_days"])
+    censored = np.nan_to_num(c["tenure_censored"], nan=0.0)
+    interorder = c["mean_interorder_days"]
     x = {
-        "log_recency": lg(col("recency_days")),
-        "log_frequency": lg(col("frequency")),
-        "log_monetary": lg(col("monetary_total")),
+        "log_recency": lg(c["recency_days"]),
+        "log_frequency": lg(c["frequency"]),
+        "log_monetary": lg(c["monetary_total"]),
         "log_tenure": tenure,
-        "log_orders_90d": lg(col("orders_90d")),
-        "log_orders_30d": lg(col("orders_30d")),
-        "log_interorder": lg(np.where(np.isnan(interorder), col("tenure_days"), interorder)),
-        "log_overdue": lg(np.nan_to_num(col("overdue"), nan=1.0)),
-        "log_p_alive": np.nan_to_num(np.log(np.clip(col("bg_p_alive"), 1e-4, 1.0)), nan=0.0),
-        "log_expected_orders": lg(col("bg_expected_orders")),
-        "log_order_value": lg(col("avg_order_value")),
-        "log_order_rate": lg(col("order_rate_30d")),
-        "log_products": lg(col("distinct_products")),
-        "log_basket_lines": lg(col("avg_basket_lines")),
+        "log_orders_90d": lg(c["orders_90d"]),
+        "log_orders_30d": lg(c["orders_30d"]),
+        "log_interorder": lg(np.where(np.isnan(interorder), c["tenure_days"], interorder)),
+        "log_overdue": lg(np.nan_to_num(c["overdue"], nan=1.0)),
+        "log_p_alive": np.nan_to_num(np.log(np.clip(c["bg_p_alive"], 1e-4, 1.0)), nan=0.0),
+        "log_expected_orders": lg(c["bg_expected_orders"]),
+        "log_order_value": lg(c["avg_order_value"]),
+        "log_order_rate": lg(c["order_rate_30d"]),
+        "log_products": lg(c["distinct_products"]),
+        "log_basket_lines": lg(c["avg_basket_lines"]),
         "tenure_censored": censored,
         "log_tenure_if_censored": censored * tenure,
-        "log_active_weeks_13": lg(col("active_weeks_13")),
-        "log_active_weeks_26": lg(col("active_weeks_26")),
-        "log_decayed_30": lg(col("decayed_orders_30")),
-        "log_decayed_90": lg(col("decayed_orders_90")),
+        "log_active_weeks_13": lg(c["active_weeks_13"]),
+        "log_active_weeks_26": lg(c["active_weeks_26"]),
+        "log_decayed_30": lg(c["decayed_orders_30"]),
+        "log_decayed_90": lg(c["decayed_orders_90"]),
     }
-    return pd.DataFrame(x, index=f.index)[LOG]
+    return np.column_stack([x[k] for k in LOG])
+
+
+def tree_matrix(c: "Cols", countries: list[str]) -> np.ndarray:
+    """The raw view (input of the trees), columns :data:`TREE` + country_code. A country is its rank
+    among the frequent countries (0 = the most common), so one split separates the home market;
+    unseen countries become missing."""
+    codes = {name: float(i) for i, name in enumerate(countries)}
+    country = np.array([codes.get(x, np.nan) for x in c["country"]], dtype=float)
+    return np.column_stack([*(np.asarray(c[k], dtype=float) for k in TREE), country])
+
+
+# DataFrame views of the same, for training and analysis.
+
+
+def with_history(frame: pd.DataFrame, history: PurchaseHistory, horizon_days: float) -> pd.DataFrame:
+    out = frame.copy()
+    extra = enrich(as_columns(frame), history, horizon_days)
+    for k in (*HISTORY, "order_rate_30d", "overdue"):
+        out[k] = extra[k]
+    return out
+
+
+def log_features(f: pd.DataFrame) -> pd.DataFrame:
+    cols = {c: _arr(f, c) for c in (*RAW, *HISTORY, "order_rate_30d", "overdue")}
+    return pd.DataFrame(log_matrix(cols), columns=LOG, index=f.index)
 
 
 def tree_features(f: pd.DataFrame, countries: list[str]) -> pd.DataFrame:
-    """The raw view (input of the trees). A country is its rank among the frequent countries (0 =
-    the most common), so one split separates the home market; unseen countries become missing."""
-    x = f[TREE].astype(float).copy()
-    codes = {c: i for i, c in enumerate(countries)}
-    x["country_code"] = f["country"].map(codes).astype(float)
-    return x
+    cols = {c: _arr(f, c) for c in TREE}
+    cols["country"] = f["country"].fillna("").astype(str).to_numpy(dtype=object)
+    return pd.DataFrame(tree_matrix(cols, countries), columns=[*TREE, "country_code"], index=f.index)
 
 
 def frequent_countries(frame: pd.DataFrame, min_customers: int = 20) -> list[str]:

@@ -39,6 +39,10 @@ from training.customer import (
     TREE,
     LinearScorer,
     PurchaseHistory,
+    as_columns,
+    enrich,
+    log_matrix,
+    tree_matrix,
     check_columns,
     frequent_countries,
     log_features,
@@ -130,6 +134,7 @@ class LTVModel:
     def _compile(self) -> None:
         """Plain-array copies of the fitted estimators, for scoring in the request path."""
         self._buyer = LinearScorer(self.buyer)
+        self._buyer_idx = [LOG.index(c) for c in self.buyer_columns]
         self._buyer_spend = LinearScorer(self.buyer_spend)
         self._spend_trees = TreeEnsemble.from_sklearn(self.spend_trees)
         self._orders_trees = TreeEnsemble.from_sklearn(self.orders_trees)
@@ -142,20 +147,20 @@ class LTVModel:
     def predict(self, frame: pd.DataFrame, as_of: dt.datetime) -> pd.DataFrame:
         if self.history is None:
             raise RuntimeError("LTV model is not fitted")
-        f = with_history(frame, self.history, self.horizon_days)
+        f = enrich(as_columns(frame), self.history, self.horizon_days)
         if self.label_free:
-            value = f["bg_expected_value"].to_numpy(dtype=float)
-            orders = f["bg_expected_orders"].to_numpy(dtype=float)
+            value = f["bg_expected_value"]
+            orders = f["bg_expected_orders"]
         else:
-            xl = log_features(f)
-            p_buy = 1.0 - self._buyer.proba(xl[self.buyer_columns].to_numpy())
+            xl = log_matrix(f)
+            p_buy = 1.0 - self._buyer.proba(xl[:, self._buyer_idx])
             # a linear model on the log scale extrapolates exponentially: keep it to the spends seen
-            log_spend = np.clip(self._buyer_spend.decision(xl.to_numpy()), *self.log_spend_range)
+            log_spend = np.clip(self._buyer_spend.decision(xl), *self.log_spend_range)
             two_part = p_buy * np.exp(log_spend) * self.smearing
-            xt = tree_features(f, self.countries).to_numpy()
+            xt = tree_matrix(f, self.countries)
             value = 0.5 * (two_part + np.exp(self._spend_trees.predict_raw(xt)))  # Poisson trees: log link
             orders = np.exp(self._orders_trees.predict_raw(xt))
-        p_alive = f["bg_p_alive"].to_numpy(dtype=float)
+        p_alive = f["bg_p_alive"]
         # Expected wait for the next order: the horizon spread over the expected orders in it.
         # Beyond a year the date says nothing useful; leave it empty.
         wait = np.where(orders > 1e-6, self.horizon_days / np.maximum(orders, 1e-6), np.inf)

@@ -23,6 +23,8 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 
+from features.faults import crash_point
+
 log = logging.getLogger(__name__)
 
 REGISTERED = {"churn": "churn", "ltv": "ltv", "recs": "recommender"}
@@ -109,6 +111,7 @@ def log_and_register(
     client = MlflowClient()
     versions = client.search_model_versions(f"name = '{name}' and run_id = '{info.run_id}'")
     version = str(max(versions, key=lambda v: int(v.version)).version)
+    crash_point("register")  # a version registered, no alias on it yet
     client.set_registered_model_alias(name, CHALLENGER, version)
     return name, version
 
