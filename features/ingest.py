@@ -464,11 +464,37 @@ SELECT *,
          ELSE 'sale' END AS line_class,
     -- identical rows can legitimately repeat within an invoice; the occurrence number keeps them
     -- apart while still recognising the same line in a later re-export of the same orders
-    (md5_number_upper(concat_ws(chr(31), invoice, stock, trim(Quantity), trim(InvoiceDate), trim(UnitPrice), trim(CustomerID),
-        (row_number() OVER (PARTITION BY source_file, invoice, stock, trim(Quantity), trim(InvoiceDate), trim(UnitPrice), trim(CustomerID)
-                            ORDER BY source_line) - 1)::VARCHAR))
+    (md5_number_upper(concat_ws(chr(31), line_key,
+        (row_number() OVER (PARTITION BY source_file, line_key, reason IS NULL ORDER BY source_line) - 1)::VARCHAR))
         & 9223372036854775807)::BIGINT AS line_id
-FROM r
+FROM (
+    -- A line is its invoice, product, quantity, price and customer, as values rather than as the
+    -- text of one export ("6" and "6.0", "17850" and "17850.0" are the same). The time is left
+    -- out: the invoice fixes the order, and another system's clock (the storefront's events,
+    -- with seconds and another time zone) must not make the same line look new.
+    -- (LINE_KEY_SQL below must compute the same key from the stored columns)
+    SELECT *, concat_ws(chr(31), coalesce(invoice, ''), coalesce(stock, ''),
+        coalesce(TRY_CAST(qty_f AS BIGINT)::VARCHAR, trim(Quantity)),
+        coalesce(printf('%.4f', price), trim(UnitPrice)),
+        CASE WHEN has_cust THEN coalesce(TRY_CAST(cust_f AS BIGINT)::VARCHAR, trim(CustomerID)) ELSE '' END) AS line_key
+    FROM r
+)
+"""
+
+
+# How a line is identified (see _CLASSIFY_SQL). Stores written with an older identity are
+# migrated when ingestion next opens them (OrderStore.migrate_line_ids).
+LINE_IDENTITY = 2
+# The key of _CLASSIFY_SQL computed from stored canonical columns, for the migration.
+_STORED_LINE_ID_SQL = """
+SELECT * EXCLUDE (k) REPLACE (
+    (md5_number_upper(concat_ws(chr(31), k, (row_number() OVER (PARTITION BY k ORDER BY source_line) - 1)::VARCHAR))
+        & 9223372036854775807)::BIGINT AS line_id)
+FROM (
+    SELECT *, concat_ws(chr(31), invoice_no, coalesce(item_id, ''), quantity::VARCHAR, printf('%.4f', unit_price),
+                        coalesce(customer_id::VARCHAR, '')) AS k
+    FROM read_parquet($files, filename = true)
+)
 """
 
 
@@ -560,6 +586,10 @@ create table if not exists parts (
     day text,
     rows integer not null
 );
+create table if not exists meta (
+    key text primary key,
+    value text not null
+);
 """
 
 
@@ -625,9 +655,40 @@ class OrderStore:
                 if part.resolve() not in committed:
                     part.unlink()
                     removed += 1
+            for leftover in folder.rglob(".*.migrating"):  # a migration interrupted while writing
+                leftover.unlink()
         if removed:
             log.warning("removed %d uncommitted part(s) left by an interrupted ingest", removed)
         return removed
+
+    def migrate_line_ids(self) -> int:
+        """Recompute the line ids of a store written with an older line identity; returns the
+        number of files migrated. Each part is replaced atomically and the new identity is recorded
+        only once all are done, so an interrupted migration simply runs again (it is idempotent:
+        the ids come from the stored columns, not from the old ids)."""
+        with self._connect() as con:
+            row = con.execute("select value from meta where key = 'line_identity'").fetchone()
+            if row is not None and int(row[0]) >= LINE_IDENTITY:
+                return 0
+            parts = con.execute("select sha256, path from parts where kind = 'order_lines' order by sha256, path").fetchall()
+        by_file: dict[str, list[Path]] = {}
+        for sha, path in parts:
+            by_file.setdefault(sha, []).append(self.data_dir / path)
+        if by_file:
+            log.warning("migrating the line ids of %d ingested file(s) to line identity %d", len(by_file), LINE_IDENTITY)
+        names = CANONICAL_SCHEMA.names
+        with duckdb.connect() as duck:
+            duck.execute("SET TimeZone = 'UTC'")
+            for files in by_file.values():
+                table = duck.execute(_STORED_LINE_ID_SQL, {"files": [str(f) for f in files]}).to_arrow_table()
+                for f in files:
+                    part = table.filter(pc.equal(table.column("filename"), str(f))).select(names).cast(CANONICAL_SCHEMA)
+                    tmp = f.with_name(f".{f.name}.migrating")
+                    pq.write_table(part, tmp, compression="zstd")
+                    os.replace(tmp, f)
+        with self._connect() as con:
+            con.execute("insert or replace into meta values ('line_identity', ?)", (str(LINE_IDENTITY),))
+        return len(by_file)
 
     def existing_line_ids(self, days: Iterable[str]) -> set[int]:
         days = set(days)
@@ -720,6 +781,7 @@ def ingest(
     report = IngestReport()
     with store._lock():
         store.recover()
+        store.migrate_line_ids()
         pending: list[tuple[Path, str, RawFrame]] = []
         pending_rows = 0
         for path in files:
@@ -786,7 +848,9 @@ def _flush(
         quarantine = quar_by_file.get(key, empty_quar).assign(source_file=path.name)
         if len(canon):
             # The same order lines can arrive again in a later, differently named export.
-            known = store.existing_line_ids(set(_days(canon["invoice_ts"])))
+            # a day either side: another system's clock or time zone can put the same line on the next day
+            days = np.unique(_days(canon["invoice_ts"]).astype("datetime64[D]"))
+            known = store.existing_line_ids({str(d + k) for d in days for k in (-1, 0, 1)})
             if known:
                 canon = canon[~canon["line_id"].isin(known)]
         fr = FileReport(
