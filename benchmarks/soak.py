@@ -3,7 +3,9 @@
     PATRON_HOME=<state dir with trained champions> python benchmarks/soak.py --seconds 120
 
 Mix (by request): 80% /recommend (known customers, some with exclusions, some anonymous baskets,
-some unknown ids), 10% /similar_items, 5% /popular, 5% /churn with 50 ids. Eight keep-alive
+some unknown ids), 10% /similar_items, 3% /popular, 5% /churn with 50 ids, 2% /events with a
+batch of 10 purchases and cart additions (every event id new; the events go into the state
+directory's event log, so soak a copy of a state directory you care about). Eight keep-alive
 connections paced to ``--rate`` requests per second in all. Reports, per endpoint, the count,
 errors (anything but 200) and latency percentiles, and the service's resident memory (all of its
 processes) at the start and the end of the measured period.
@@ -12,11 +14,13 @@ processes) at the start and the end of the measured period.
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import random
 import sys
 import threading
 import time
+import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -68,15 +72,32 @@ def main() -> None:
                 mix.append(("/recommend", build_request("127.0.0.1", port, "/recommend", {"customer_id": 10**9 + i, "k": 10}, sf)))
             elif r < 0.90:
                 mix.append(("/similar_items", build_request("127.0.0.1", port, "/similar_items", {"item_id": rng.choice(items), "k": 10}, sf)))
-            elif r < 0.95:
+            elif r < 0.93:
                 mix.append(("/popular", build_request("127.0.0.1", port, "/popular", {"k": 20, "days": rng.choice([7, 30, 90])}, sf)))
-            else:
+            elif r < 0.98:
                 mix.append(("/churn", build_request("127.0.0.1", port, "/churn", {"customer_ids": rng.sample(ids, 50)}, crm)))
+            else:
+                mix.append(("/events", b""))  # built when sent, so that every event id is new
+        run_id = uuid.uuid4().hex[:8]
+
+        def pick(n: int) -> tuple[str, bytes]:
+            tag, req = mix[n % len(mix)]
+            if tag != "/events":
+                return tag, req
+            when = dt.datetime(2011, 7, 2, tzinfo=dt.timezone.utc) + dt.timedelta(seconds=n)
+            events = [{"event_id": f"soak-{run_id}-{n}-{k}", "type": "purchase" if k % 2 else "add_to_cart",
+                       "customer_id": ids[(n * 10 + k) % len(ids)], "item_id": items[(n + k) % len(items)],
+                       "quantity": 1, "price": 2.5, "timestamp": when.isoformat()} for k in range(10)]
+            for e in events:
+                if e["type"] != "purchase":
+                    del e["quantity"], e["price"]
+            return tag, build_request("127.0.0.1", port, "/events", {"events": events}, sf)
+
         memory: dict[str, float] = {}
         warmup = 5.0
         threading.Timer(warmup, lambda: memory.__setitem__("start", rss_mib(proc.pid))).start()
         started = time.time()
-        result = run_sync("127.0.0.1", port, mix, connections=8, duration=args.seconds, warmup=warmup, rate=args.rate,
+        result = run_sync("127.0.0.1", port, pick, connections=8, duration=args.seconds, warmup=warmup, rate=args.rate,
                           check=lambda status, body: status == 200)
         memory["end"] = rss_mib(proc.pid)
         report = {

@@ -54,6 +54,23 @@ class Journal:
         os.replace(tmp, self.path)
 
 
+def event_orders(root: Path) -> list[Path]:
+    """The storefront's purchases as order files for ingestion: those not exported yet are written
+    now; all files written so far are returned (ingestion skips the ones it has seen)."""
+    from features.events import EventLog, events_path, orders_dir
+
+    if events_path(root).exists():
+        log_ = EventLog(events_path(root))
+        try:
+            written = log_.export_orders(orders_dir(root))
+        finally:
+            log_.close()
+        if written is not None:
+            log.info("exported storefront purchases to %s", written.name)
+    folder = orders_dir(root)
+    return [folder] if folder.is_dir() and any(folder.glob("events-*.csv")) else []
+
+
 def run_pipeline(
     settings: PatronSettings,
     sources: Sequence[Path],
@@ -76,6 +93,7 @@ def run_pipeline(
     # Ingest is idempotent by construction (file hashes and line ids), so it always runs: new
     # daily files are picked up, known ones cost a hash.
     announce("ingest", "running")
+    sources = [*sources, *event_orders(paths.root)]
     report = ingest(sources, paths.data, max_abs_quantity=settings.max_abs_quantity)
     result.ran.append("ingest")
     result.details["ingest"] = {k: v for k, v in report.to_dict().items() if k != "files"}

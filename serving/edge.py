@@ -29,7 +29,7 @@ Receive = Callable[[], Awaitable[dict]]
 Send = Callable[[dict], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-MAX_BODY = 256 * 1024  # 1000 ids or items fit in a few KiB; nothing legitimate comes near this
+MAX_BODY = 1024 * 1024  # 1000 ids fit in a few KiB, 1000 events in about 250 KiB; nothing legitimate comes near this
 MAX_DEPTH = 8  # the deepest valid request is an object holding a list
 # Paths anyone may call: health probes, metrics, the API document and its viewer.
 OPEN_PATHS = frozenset({"/livez", "/readyz", "/healthz", "/metrics", "/docs.json", "/schema.json", "/", "/docs"})

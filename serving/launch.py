@@ -3,6 +3,7 @@ each endpoint once it is ready."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import signal
@@ -11,6 +12,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Callable
 
 from pipelines.settings import REPO_ROOT, PatronSettings
@@ -108,6 +110,12 @@ def example_calls(settings: PatronSettings, base_url: str) -> list[str]:
     customer = _demo_customer(settings)
     status, top = call(base_url, "/popular", {"k": 1}, keys.get("storefront", ""))
     item = top["items"][0]["item_id"] if status == 200 and top.get("items") else "85123A"
+    # a purchase half a day after the features' snapshot, then the same customer's list again
+    status, rec = call(base_url, "/recommend", {"customer_id": customer, "k": 1}, keys.get("storefront", ""))
+    snapshot = rec.get("features_as_of") if status == 200 else None
+    when = (dt.datetime.fromisoformat(snapshot) if snapshot else dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=1))
+    purchase = {"event_id": f"demo-{uuid.uuid4().hex[:12]}", "type": "purchase", "customer_id": customer, "item_id": item,
+                "quantity": 1, "price": 2.95, "timestamp": min(when + dt.timedelta(hours=12), dt.datetime.now(dt.timezone.utc)).isoformat()}
     calls = [
         ("/recommend", {"customer_id": customer, "k": 3}, "storefront"),
         ("/recommend", {"customer_id": customer, "k": 3, "exclude_purchased": True}, "storefront"),
@@ -117,6 +125,8 @@ def example_calls(settings: PatronSettings, base_url: str) -> list[str]:
         ("/churn", {"customer_ids": [customer, 1]}, "crm"),
         ("/ltv", {"customer_ids": [customer]}, "crm"),
         ("/customer", {"customer_id": customer}, "crm"),
+        ("/events", {"events": [purchase]}, "storefront"),
+        ("/recommend", {"customer_id": customer, "k": 3}, "storefront"),  # the purchase is in: what goes with it leads
         ("/churn", {"customer_ids": [customer]}, "storefront"),  # the wrong scope: 403
         ("/admin/reload", {}, "admin"),
     ]

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import time
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
 
+from features.events import Fresh, apply_purchases
 from serving import schemas as S
 from serving.runtime import Champions, CustomerFeatures, FeaturesUnavailable, Runtime
 from training.churn import risk_band
@@ -73,12 +76,36 @@ def _popular(champions: Champions, k: int, exclude: set[str], days: float | None
     return ids, scores, ["popular"] * len(ids), reasons
 
 
-def _session(champions: Champions, basket: list[str], k: int, exclude: set[str]) -> tuple[list[str], list[float], list[str], list[dict]]:
-    """Items most bought with the basket's items (co-purchase over all baskets, guests' included)."""
+def _session(champions: Champions, basket: list[str], k: int, exclude: set[str],
+             bought: frozenset[str] = frozenset()) -> tuple[list[str], list[float], list[str], list[dict]]:
+    """Items most bought with the basket's items (co-purchase over all baskets, guests' included).
+
+    Items that follow from something the customer has just bought (``bought``) are labelled
+    ``co_purchase``; those that follow from what is in the basket, ``session``.
+    """
     recs = champions.recs
     frame = recs.for_session(basket, k=k + len(exclude))
     frame = frame[(frame["source"] != "popular") & ~frame["item_id"].isin(exclude)].head(k)
-    return (frame["item_id"].tolist(), frame["score"].tolist(), ["session"] * len(frame), frame["reason_data"].tolist())
+    reasons = frame["reason_data"].tolist()
+    sources = ["co_purchase" if r.get("anchor_item") in bought else "session" for r in reasons]
+    return (frame["item_id"].tolist(), frame["score"].tolist(), sources, reasons)
+
+
+def _iso(epoch: float | None) -> str | None:
+    return dt.datetime.fromtimestamp(epoch, dt.timezone.utc).isoformat() if epoch else None
+
+
+def freshness(snapshot_ts: float | None, fresh: Fresh | None, now: float | None = None) -> S.Freshness:
+    """How old the information behind an answer is: the snapshot, and the events on top of it."""
+    now = time.time() if now is None else now
+    received = fresh.updated_at if fresh is not None and fresh.updated_at else None
+    newest = max(x for x in (snapshot_ts or 0.0, received or 0.0))
+    since = len(fresh.purchases_after(snapshot_ts or 0.0)) if fresh is not None else 0
+    return S.Freshness(
+        features_as_of=_iso(snapshot_ts), events_through=_iso(fresh.last_event_ts if fresh is not None else None),
+        events_received_at=_iso(received), age_seconds=round(now - newest, 3) if newest else None,
+        purchases_since_snapshot=since,
+    )
 
 
 def _interleave(first: tuple, second: tuple, k: int) -> tuple[list, list, list, list]:
@@ -104,18 +131,29 @@ def recommend(rt: Runtime, req: S.RecommendRequest) -> S.RecommendResponse:
     features_as_of = None
     row = -1
     names = champions.item_ids
+    fresh: Fresh | None = None
+    snapshot_ts: float | None = None
     if req.customer_id is None:
         fallback = "no_customer"
     else:
         try:
             found, ts = rt.reader().presence(req.customer_id)
-            features_as_of = dt.datetime.fromtimestamp(ts, dt.timezone.utc).isoformat() if found else None
+            snapshot_ts = ts if found else None
+            features_as_of = _iso(snapshot_ts)
             row = champions.row_of.get(req.customer_id, -1)
             if row < 0:
                 fallback = "unknown_customer"
+            recent = rt.recent()
+            if recent is not None:
+                (fresh,) = recent.read([req.customer_id])
         except FeaturesUnavailable:
             fallback = "features_unavailable"
-    basket = [i for i in req.session_items if i in champions.item_row]
+    # What the storefront told us since the model's data end: just-bought items are not offered
+    # again, and what goes with them, or with the cart, comes first.
+    bought: list[str] = fresh.items_bought_after(champions.data_end) if fresh is not None else []
+    carted = fresh.basket_items if fresh is not None else []
+    exclude |= set(bought) | set(carted)
+    basket = [i for i in dict.fromkeys([*req.session_items, *carted, *bought]) if i in champions.item_row]
     if row >= 0:
         if req.exclude_purchased:
             lo, hi = h.indptr[row], h.indptr[row + 1]
@@ -127,10 +165,10 @@ def recommend(rt: Runtime, req: S.RecommendRequest) -> S.RecommendResponse:
         reasons = recs.sources.reasons(row, items, codes)
         personal = ([names[j] for j in items], [float(x) for x in scores], [SOURCES[c] for c in codes], reasons)
         if basket:  # what is in the basket now counts as much as the history
-            personal = _interleave(_session(champions, basket, req.k, exclude), personal, req.k)
+            personal = _interleave(_session(champions, basket, req.k, exclude, frozenset(bought)), personal, req.k)
         ids, sc, src, rsn = (list(x)[: req.k] for x in personal)
     elif basket:
-        ids, sc, src, rsn = _session(champions, basket, req.k, exclude)
+        ids, sc, src, rsn = _session(champions, basket, req.k, exclude, frozenset(bought))
     else:
         ids, sc, src, rsn = [], [], [], []
     if len(ids) < req.k:  # top up with best sellers
@@ -142,6 +180,7 @@ def recommend(rt: Runtime, req: S.RecommendRequest) -> S.RecommendResponse:
         fallback=fallback,
         model_versions={"recommender": champions.version_labels["recommender"]},
         features_as_of=features_as_of,
+        freshness=freshness(snapshot_ts, fresh) if req.customer_id is not None else None,
     )
 
 
@@ -170,7 +209,19 @@ def popular(rt: Runtime, req: S.PopularRequest) -> S.PopularResponse:
 
 
 def _features(rt: Runtime, ids: list[int]) -> CustomerFeatures:
-    return rt.reader().customers(list(dict.fromkeys(ids)))  # each distinct id read once
+    """Snapshot features of each distinct id, brought up to date with the purchases the
+    storefront reported after the snapshot."""
+    distinct = list(dict.fromkeys(ids))
+    feats = rt.reader().customers(distinct)
+    recent = rt.recent()
+    if recent is None:
+        return feats
+    fresh = recent.read(distinct)
+    usable = [f if ok else None for f, ok in zip(fresh, feats.found)]
+    if not any(f is not None for f in usable):
+        return replace(feats, fresh=fresh)
+    frame, ref = apply_purchases(feats.frame, feats.as_of, usable)
+    return replace(feats, frame=frame, ref=ref, fresh=fresh)
 
 
 def _reindex(feats: CustomerFeatures, ids: list[int]) -> tuple[pd.DataFrame, np.ndarray]:
@@ -193,11 +244,11 @@ def churn_scores(champions: Champions, frame: pd.DataFrame, found: np.ndarray, r
     return out
 
 
-def ltv_scores(champions: Champions, frame: pd.DataFrame, found: np.ndarray, as_of: dt.datetime) -> list[S.LTVScore]:
+def ltv_scores(champions: Champions, frame: pd.DataFrame, found: np.ndarray, as_of: dt.datetime | np.ndarray) -> list[S.LTVScore]:
     out = [S.LTVScore(customer_id=int(c), status="unknown_customer") for c in frame["customer_id"]]
     known = np.flatnonzero(found)
     if len(known):
-        pred = champions.ltv.predict(frame.iloc[known], as_of)
+        pred = champions.ltv.predict(frame.iloc[known], as_of if isinstance(as_of, dt.datetime) else as_of[known])
         for q, i in enumerate(known):
             r = pred.iloc[q]
             out[i] = S.LTVScore(
@@ -208,7 +259,11 @@ def ltv_scores(champions: Champions, frame: pd.DataFrame, found: np.ndarray, as_
     return out
 
 
-def _as_of(feats: CustomerFeatures) -> dt.datetime:
+def _as_of(feats: CustomerFeatures, ids: list[int]) -> dt.datetime | np.ndarray:
+    """The moment each row's features describe (per row once events moved some of them on)."""
+    if feats.ref is not None:
+        pos = {c: i for i, c in enumerate(feats.frame["customer_id"].tolist())}
+        return np.array([dt.datetime.fromtimestamp(feats.ref[pos[c]] or time.time(), dt.timezone.utc) for c in ids], dtype=object)
     text = feats.as_of_text()
     return dt.datetime.fromisoformat(text) if text else dt.datetime.now(dt.timezone.utc)
 
@@ -225,7 +280,7 @@ def ltv(rt: Runtime, req: S.CustomersRequest) -> S.LTVResponse:
     champions = rt.require()
     feats = _features(rt, req.customer_ids)
     frame, found = _reindex(feats, req.customer_ids)
-    return S.LTVResponse(results=ltv_scores(champions, frame, found, _as_of(feats)),
+    return S.LTVResponse(results=ltv_scores(champions, frame, found, _as_of(feats, req.customer_ids)),
                          model_versions={"ltv": champions.version_labels["ltv"]}, features_as_of=feats.as_of_text())
 
 
@@ -241,7 +296,27 @@ def customer(rt: Runtime, req: S.CustomerRequest) -> S.CustomerResponse:
     orders = [S.Order(invoice_no=i, date=d, lines=n, amount=a) for i, d, n, a in champions.recent_orders.get(req.customer_id, [])]
     return S.CustomerResponse(
         customer_id=req.customer_id, status=status, features=features,
-        churn=churn_scores(champions, frame, found)[0], ltv=ltv_scores(champions, frame, found, _as_of(feats))[0],
+        churn=churn_scores(champions, frame, found)[0], ltv=ltv_scores(champions, frame, found, _as_of(feats, [req.customer_id]))[0],
         recent_orders=orders, recommendations=recs.items,
         model_versions={k: v for k, v in champions.version_labels.items()}, features_as_of=feats.as_of_text(),
+        freshness=freshness(float(feats.as_of[0]) if found[0] else None, feats.fresh[0] if feats.fresh else None),
+    )
+
+
+# -------------------------------------------------------------------------------------- events
+
+
+def events(rt: Runtime, req: S.EventsRequest) -> S.EventsResponse:
+    """Append a batch durably (the ack waits for the commit), then make it visible online."""
+    result = rt.events.append(req.events)
+    visible = rt.publish(result.customers) if result.customers else True
+    accepted, dup, rej = result.count("accepted"), result.count("duplicate"), result.count("rejected")
+    if not visible:
+        message = ("stored; the online features are not updated yet (the feature store is unavailable or lacks the "
+                   "customer_recent view): they catch up automatically")
+    else:
+        message = f"stored {accepted} event(s)" + (f", {dup} already known" if dup else "") + (f", rejected {rej}" if rej else "")
+    return S.EventsResponse(
+        accepted=accepted, duplicates=dup, rejected=rej, visible=visible, message=message,
+        results=[S.EventResult(index=v.index, event_id=v.event_id, status=v.status, reasons=v.reasons) for v in result.verdicts],
     )

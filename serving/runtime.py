@@ -23,6 +23,7 @@ import duckdb
 import numpy as np
 import pandas as pd
 
+from features.events import RECENT_VIEW, EventLog, Fresh, events_path, publish
 from features.ingest import OrderStore
 from pipelines.settings import PatronSettings
 from training import registry
@@ -59,10 +60,20 @@ class CustomerFeatures:
     frame: pd.DataFrame  # one row per id asked; RAW columns + country + customer_id
     found: np.ndarray  # bool per row
     as_of: np.ndarray  # epoch seconds of each row's snapshot (0 when not found)
+    # with storefront events applied: each row's reference time (its snapshot, or its newest
+    # purchase after it) and the events read; None when the event path is not set up
+    ref: np.ndarray | None = None
+    fresh: list[Fresh | None] | None = None
 
     def as_of_text(self) -> str | None:
         ts = self.as_of[self.found]
         return dt.datetime.fromtimestamp(int(ts.max()), dt.timezone.utc).isoformat() if len(ts) else None
+
+
+def _known(rows: list[tuple]) -> list[tuple]:
+    """A key never written: SQLite answers (None, None), Redis a 1970 timestamp and empty values."""
+    return [(ts, values) if values is not None and any(v.WhichOneof("val") for v in values.values()) else (None, None)
+            for ts, values in rows]
 
 
 def _value(v) -> object:
@@ -99,7 +110,7 @@ class OnlineFeatures:
         keys = [EntityKey(join_keys=["customer_id"], entity_values=[Value(int64_val=int(c))]) for c in ids]
         try:
             with self._lock:  # one connection, shared between the server's threads
-                return self.online.online_read(self.store.config, self.view, keys, names)
+                return _known(self.online.online_read(self.store.config, self.view, keys, names))
         except Exception as exc:  # redis, sqlite and Feast raise many types; all mean "not now"
             log.warning("online store read failed: %s", type(exc).__name__)
             raise FeaturesUnavailable(f"the online feature store cannot be read ({type(exc).__name__})") from exc
@@ -131,6 +142,54 @@ class OnlineFeatures:
             return False
 
 
+def _list(v) -> list:
+    kind = v.WhichOneof("val")
+    return [] if kind is None or kind == "null_val" else list(getattr(v, kind).val)
+
+
+class RecentEvents:
+    """Reads the ``customer_recent`` view that the event path pushes: one read per call."""
+
+    NAMES = ["purchase_ts", "purchase_items", "purchase_amounts", "purchase_orders", "basket_items", "last_event_ts", "updated_at"]
+
+    def __init__(self, store) -> None:
+        from feast.infra.online_stores.helpers import get_online_store_from_config
+
+        self.store = store
+        self.view = store.get_feature_view(RECENT_VIEW)
+        self.online = get_online_store_from_config(store.config.online_store)
+        self._lock = threading.Lock()
+
+    def read(self, ids: list[int]) -> list[Fresh | None]:
+        from feast.protos.feast.types.EntityKey_pb2 import EntityKey
+        from feast.protos.feast.types.Value_pb2 import Value
+
+        if not ids:
+            return []
+        keys = [EntityKey(join_keys=["customer_id"], entity_values=[Value(int64_val=int(c))]) for c in ids]
+        try:
+            with self._lock:
+                rows = _known(self.online.online_read(self.store.config, self.view, keys, self.NAMES))
+        except Exception as exc:
+            log.warning("online store read of recent events failed: %s", type(exc).__name__)
+            raise FeaturesUnavailable(f"the online feature store cannot be read ({type(exc).__name__})") from exc
+        out: list[Fresh | None] = []
+        for _ts, values in rows:
+            if values is None:
+                out.append(None)
+                continue
+            out.append(Fresh(
+                purchase_ts=np.asarray(_list(values["purchase_ts"]), float) if "purchase_ts" in values else np.zeros(0),
+                purchase_items=_list(values["purchase_items"]) if "purchase_items" in values else [],
+                purchase_amounts=np.asarray(_list(values["purchase_amounts"]), float) if "purchase_amounts" in values else np.zeros(0),
+                purchase_orders=_list(values["purchase_orders"]) if "purchase_orders" in values else [],
+                basket_items=_list(values["basket_items"]) if "basket_items" in values else [],
+                last_event_ts=float(_value(values["last_event_ts"]) or 0) if "last_event_ts" in values else 0.0,
+                updated_at=float(_value(values["updated_at"]) or 0) if "updated_at" in values else 0.0,
+            ))
+        return out
+
+
 # ------------------------------------------------------------------------------------- models
 
 
@@ -157,6 +216,8 @@ class Champions:
         self.item_ids = [str(i) for i in h.items]
         self.item_row = {i: j for j, i in enumerate(self.item_ids)}
         self._popular: dict[float, tuple[np.ndarray, np.ndarray]] = {}
+        end = pd.Timestamp(h.as_of)
+        self.data_end = (end.tz_localize("UTC") if end.tzinfo is None else end).timestamp()  # epoch s of the model's data end
 
     def popular_order(self, days: float) -> tuple[np.ndarray, np.ndarray]:
         """Items by distinct buyers over ``days`` days, computed once per window length."""
@@ -287,6 +348,43 @@ class Runtime:
         self.last_error: str | None = None
         self._reload_lock = threading.Lock()
         self._store_ok = (0.0, True)
+        self.events = EventLog(events_path(paths.root))
+        self._recent: RecentEvents | None = None
+        self._recent_retry = 0.0
+        self.publish_failures = 0
+
+    def recent(self) -> RecentEvents | None:
+        """The reader of pushed event state; None while the feature store lacks the view (looked
+        for again at most every 30 s)."""
+        if self._recent is None and time.monotonic() >= self._recent_retry:
+            try:
+                self._recent = RecentEvents(self.store)
+            except Exception:  # definitions from before the event path: `patron features apply` adds the view
+                self._recent_retry = time.monotonic() + 30.0
+                log.warning("the feature store has no %s view: storefront events are stored but not applied; "
+                            "run `patron features apply`", RECENT_VIEW)
+        return self._recent
+
+    def publish(self, customers: list[int] | None = None) -> bool:
+        """Push the online state of customers with new events (all pending ones by default)."""
+        if self.recent() is None:
+            return False
+        try:
+            publish(self.store, self.events, customers)
+            return True
+        except Exception as exc:  # the online store is down: the marks stay, the publisher retries
+            self.publish_failures += 1
+            log.warning("publishing event state failed: %s: %s", type(exc).__name__, exc)
+            return False
+
+    def publisher(self, stop: threading.Event, every: float = 1.0) -> None:
+        """Retry loop: publishes customers left pending by a failed push or a crash."""
+        while not stop.wait(every):
+            try:
+                if self.events.lag()[0]:
+                    self.publish()
+            except Exception:
+                log.exception("event publisher")
 
     def require(self) -> Champions:
         champions = self.champions

@@ -63,6 +63,14 @@ class Item(Response):
     source: Literal["buy_again", "co_purchase", "als", "ease", "trending", "popular", "session"]
 
 
+class Freshness(Response):
+    features_as_of: str | None = Field(None, description="the snapshot the customer's features come from")
+    events_through: str | None = Field(None, description="time of the newest storefront event applied on top of the snapshot")
+    events_received_at: str | None = Field(None, description="when that event reached the service")
+    age_seconds: float | None = Field(None, description="seconds since the newest information used (snapshot or event) arrived")
+    purchases_since_snapshot: int = Field(0, description="purchase lines applied on top of the snapshot")
+
+
 Fallback = Literal["unknown_customer", "no_customer", "features_unavailable", "unknown_item", "no_known_items"]
 
 
@@ -72,6 +80,7 @@ class RecommendResponse(Response):
     fallback: Fallback | None = Field(None, description="set when a non-personal list was used, and why")
     model_versions: dict[str, str]
     features_as_of: str | None = Field(None, description="the snapshot the customer's features come from")
+    freshness: Freshness | None = Field(None, description="how old the customer's features are, storefront events included")
 
 
 class SimilarItemsRequest(Request):
@@ -168,6 +177,40 @@ class CustomerResponse(Response):
     recommendations: list[Item]
     model_versions: dict[str, str]
     features_as_of: str | None
+    freshness: Freshness | None = None
+
+
+# ------------------------------------------------------------------------------------------- events
+
+MAX_EVENTS = 1000
+
+
+class EventsRequest(Request):
+    events: Annotated[list[object], Field(min_length=1, max_length=MAX_EVENTS)] = Field(
+        description=(
+            "1..1000 events, each validated on its own (a bad one is rejected with reasons, the others are kept): "
+            "{event_id: str, type: purchase|add_to_cart|view, customer_id?: int, session_id?: str, item_id: str, "
+            "quantity?: int >= 1 (default 1), price?: number > 0 (required for a purchase), "
+            "timestamp: ISO 8601 with a UTC offset, order_id?: str (purchases: the order's invoice number)}; "
+            "customer_id or session_id is required"
+        ),
+    )
+
+
+class EventResult(Response):
+    index: int = Field(description="position in the batch")
+    event_id: str | None
+    status: Literal["accepted", "duplicate", "rejected"]
+    reasons: list[str] = Field(default_factory=list, description="why it was rejected, or a note on how it was taken")
+
+
+class EventsResponse(Response):
+    accepted: int
+    duplicates: int = Field(description="events whose event_id was already known: nothing changed")
+    rejected: int = Field(description="kept with their reasons, not applied")
+    results: list[EventResult] = Field(description="one per event, in the order sent")
+    visible: bool = Field(description="true when the online features already reflect the accepted events")
+    message: str
 
 
 # -------------------------------------------------------------------------------------------- admin
@@ -209,6 +252,8 @@ ENDPOINTS: dict[str, Endpoint] = {
                      summary="Predicted spend and orders, P(alive), tier and next order date for 1..1000 customers"),
     "/customer": Endpoint(scope="crm", request=CustomerRequest, response=CustomerResponse,
                           summary="One customer's profile: key features, churn, LTV, recent orders, recommendations"),
+    "/events": Endpoint(scope="storefront", request=EventsRequest, response=EventsResponse,
+                        summary="Storefront events (purchase, add_to_cart, view): validated, deduplicated, stored durably, applied at once"),
     "/admin/reload": Endpoint(scope="admin", request=ReloadRequest, response=ReloadResponse,
                               summary="Load the current @champion models; on failure the models in use keep serving"),
 }

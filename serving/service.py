@@ -16,9 +16,12 @@ a worker thread so it never stalls the storefront's requests on the event loop.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
+import time
+import warnings
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -34,6 +37,10 @@ from serving.runtime import FeaturesUnavailable, NotReady, Runtime
 
 log = logging.getLogger(__name__)
 
+# BentoML reads ``model_fields`` off the request object, which Pydantic 2.11 warns about, again and
+# again: thousands of lines in the log under load, each costing the request that printed it.
+warnings.filterwarnings("ignore", message="Accessing the 'model_fields' attribute on the instance", category=DeprecationWarning)
+
 T = TypeVar("T")
 
 
@@ -42,6 +49,22 @@ def _unavailable(exc: Exception) -> JSONResponse:
         return JSONResponse({"error": f"not ready: {exc}", "detail": []}, status_code=503, headers={"retry-after": "5"})
     return JSONResponse({"error": f"customer features are unavailable: {exc}", "detail": []}, status_code=503,
                         headers={"retry-after": "5"})
+
+
+class _EventMetrics:
+    """Prometheus metrics of the event path (created in the worker, after BentoML set up the
+    multi-process collector, so that /metrics sums them over workers)."""
+
+    def __init__(self) -> None:
+        from prometheus_client import Counter, Gauge, Histogram
+
+        self.events = Counter("patron_events_total", "storefront events by outcome", ["status"])
+        self.visible = Histogram("patron_event_visible_seconds", "from receiving a batch to its events being online",
+                                 buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
+        self.lag = Gauge("patron_event_lag_seconds", "how long the oldest stored event has waited to reach the online store "
+                         "(0: all are online)", multiprocess_mode="livemax")
+        self.pending = Gauge("patron_event_pending_customers", "customers whose stored events are not online yet",
+                             multiprocess_mode="livemax")
 
 
 @bentoml.service(
@@ -64,6 +87,24 @@ class Patron:
         os.umask(0o077)  # anything the service writes (metrics files, downloads) stays private
         self.runtime = Runtime(PatronSettings())
         threading.Thread(target=self.runtime.reload, name="patron-load", daemon=True).start()
+        self._metrics = _EventMetrics()
+        self._stop = threading.Event()
+        threading.Thread(target=self._publisher, name="patron-events", daemon=True).start()
+
+    def _publisher(self) -> None:
+        """Publishes customers whose events are stored but not yet online (after a failed push or a
+        crash), and keeps the event-lag gauges current."""
+        rt = self.runtime
+        while not self._stop.wait(1.0):
+            try:
+                pending, lag = rt.events.lag()
+                if pending:
+                    rt.publish()
+                    pending, lag = rt.events.lag()
+                self._metrics.pending.set(pending)
+                self._metrics.lag.set(lag)
+            except Exception:  # never let the loop die; the next tick tries again
+                log.exception("event publisher")
 
     async def __is_ready__(self) -> bool:
         return self.runtime.champions is not None and await anyio.to_thread.run_sync(self.runtime.store_ok)
@@ -109,6 +150,21 @@ class Patron:
     async def customer(self, **fields) -> S.CustomerResponse:
         """One customer's profile: key features, churn, LTV, recent orders and recommendations."""
         return await self._call(logic.customer, S.CustomerRequest(**fields), thread=True)
+
+    @bentoml.api(route="/events", input_spec=S.EventsRequest, output_spec=S.EventsResponse)
+    async def events(self, **fields) -> S.EventsResponse:
+        """Storefront events: each validated, deduplicated by event_id, stored durably before the
+        answer, and applied to the customer's online features at once."""
+        started = time.perf_counter()
+        answer = await self._call(logic.events, S.EventsRequest(**fields), thread=True)
+        if isinstance(answer, Response) and answer.status_code == 200:
+            body = json.loads(answer.body)
+            for status in ("accepted", "duplicates", "rejected"):
+                if body[status]:
+                    self._metrics.events.labels(status=status).inc(body[status])
+            if body["visible"] and body["accepted"]:
+                self._metrics.visible.observe(time.perf_counter() - started)
+        return answer
 
     @bentoml.api(route="/admin/reload", input_spec=S.ReloadRequest, output_spec=S.ReloadResponse)
     async def admin_reload(self, **fields) -> S.ReloadResponse:

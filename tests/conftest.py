@@ -128,6 +128,24 @@ class Server:
         except urllib.error.HTTPError as e:
             return e.code
 
+    def kill(self) -> None:
+        """SIGKILL the server and its workers at once (BentoML's workers run in sessions of their
+        own, so killing the server's process group alone would leave them running)."""
+        import psutil
+
+        try:
+            procs = [psutil.Process(self.proc.pid), *psutil.Process(self.proc.pid).children(recursive=True)]
+        except psutil.NoSuchProcess:
+            procs = []
+        for p in procs:
+            try:
+                p.kill()
+            except psutil.NoSuchProcess:
+                pass
+        psutil.wait_procs(procs, timeout=10)
+        self.proc.wait()
+        self.log.close()
+
     def stop(self) -> None:
         try:
             os.killpg(self.proc.pid, signal.SIGTERM)

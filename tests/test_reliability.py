@@ -144,6 +144,8 @@ def test_when_redis_goes_away_the_service_degrades_and_recovers_by_itself(traine
         status, body = server.post("/recommend", {"customer_id": c, "k": 5})
         assert status == 200 and body["fallback"] is None
         assert server.post("/churn", {"customer_ids": [c]}, key="crm")[0] == 200
+        status, body = server.post("/churn", {"customer_ids": [987_654_321]}, key="crm")
+        assert status == 200 and body["results"][0]["status"] == "unknown_customer"  # Redis answers empty values, not None
 
         redis_server.kill()
         status, body = server.post("/recommend", {"customer_id": c, "k": 5})
@@ -151,6 +153,11 @@ def test_when_redis_goes_away_the_service_degrades_and_recovers_by_itself(traine
         assert {i["source"] for i in body["items"]} == {"popular"}
         status, body = server.post("/churn", {"customer_ids": [c]}, key="crm")
         assert status == 503 and "features are unavailable" in body["error"]
+        # events keep coming: stored and acknowledged, applied once the store is back
+        purchase = {"event_id": f"redis-down-{time.time_ns()}", "type": "purchase", "customer_id": c, "item_id": "NEWITEM1",
+                    "price": 1.0, "timestamp": (dt.datetime.combine(AS_OF, dt.time(9), dt.timezone.utc)).isoformat()}
+        status, body = server.post("/events", {"events": [purchase]})
+        assert status == 200 and body["accepted"] == 1 and body["visible"] is False and "catch up" in body["message"]
         time.sleep(1.2)  # readiness probes the store at most once a second
         assert server.get("/readyz") == 503
         assert server.get("/livez") == 200  # alive, only not ready: no restart wanted
@@ -163,6 +170,11 @@ def test_when_redis_goes_away_the_service_degrades_and_recovers_by_itself(traine
         status, body = server.post("/recommend", {"customer_id": c, "k": 5})
         assert status == 200 and body["fallback"] is None
         assert server.post("/churn", {"customer_ids": [c]}, key="crm")[0] == 200
+        deadline = time.monotonic() + 5  # the publisher retries every second
+        while body["freshness"]["purchases_since_snapshot"] == 0 and time.monotonic() < deadline:
+            time.sleep(0.2)
+            body = server.post("/recommend", {"customer_id": c, "k": 5})[1]
+        assert body["freshness"]["purchases_since_snapshot"] == 1
     finally:
         server.stop()
     log = server.log_path.read_text()

@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -150,8 +152,27 @@ def test_bad_input_gets_a_4xx_that_names_the_problem(server: Server, path, paylo
 
 
 def test_oversized_bodies_are_refused(server: Server) -> None:
-    got, body = server.post("/churn", raw=b'{"customer_ids": [' + b"1," * 200_000 + b"1]}", key="crm")
-    assert got == 413 and "over" in body["error"]
+    import http.client
+
+    from serving.edge import MAX_BODY
+
+    # announced too long: refused before the body is read (the client may still be sending it)
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    conn.putrequest("POST", "/churn")
+    for k, v in (("Content-Type", "application/json"), ("X-API-Key", KEYS["crm"]), ("Content-Length", str(MAX_BODY + 1))):
+        conn.putheader(k, v)
+    conn.endheaders(b'{"customer_ids": [' + b"1," * 1000)
+    response = conn.getresponse()
+    assert response.status == 413 and "over" in json.loads(response.read())["error"]
+    conn.close()
+    # streamed without a length: cut off once it passes the limit
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    chunks = iter([b'{"customer_ids": [', *([b"1," * 100_000] * 6), b"1]}"])
+    conn.request("POST", "/churn", body=chunks, headers={"Content-Type": "application/json", "X-API-Key": KEYS["crm"]},
+                 encode_chunked=True)
+    response = conn.getresponse()
+    assert response.status == 413 and "over" in json.loads(response.read())["error"]
+    conn.close()
 
 
 # ------------------------------------------------------------------------------------------ fuzzing
@@ -186,3 +207,123 @@ def test_fuzzing_the_openapi_document_finds_no_server_error(server: Server, mode
             case.validate_response(response)
 
         check()
+
+
+# ------------------------------------------------------------------------------------------ events
+
+
+def _at(hours: float) -> str:
+    """A moment after the features' snapshot (the shop's as-of date)."""
+    return (dt.datetime.combine(AS_OF, dt.time(0), dt.timezone.utc) + dt.timedelta(hours=hours)).isoformat()
+
+
+def a_shopper(bought: dict[int, set[str]], rank: int) -> int:
+    """A customer with a middling history (room for new products), different for each rank."""
+    by_size = sorted(bought, key=lambda c: (-len(bought[c]), c))
+    return by_size[len(by_size) // 4 + rank]
+
+
+def test_a_purchase_changes_the_next_recommendation_and_profile_within_a_second(server: Server, bought) -> None:
+    c = a_shopper(bought, 0)
+    status, before = server.post("/recommend", {"customer_id": c, "k": 10, "exclude_purchased": True})
+    item = before["items"][0]["item_id"]  # the top new product: the one they now buy
+    together = {i["item_id"] for i in server.post("/similar_items", {"item_id": item, "k": 50})[1]["items"]}
+    profile0 = server.post("/customer", {"customer_id": c}, key="crm")[1]
+    event = {"event_id": f"svc-{c}-1", "type": "purchase", "customer_id": c, "item_id": item, "quantity": 2, "price": 3.5,
+             "timestamp": _at(10), "order_id": f"W{c}"}
+
+    started = time.monotonic()
+    status, ack = server.post("/events", {"events": [event]})
+    after = server.post("/recommend", {"customer_id": c, "k": 10, "exclude_purchased": True})[1]
+    profile = server.post("/customer", {"customer_id": c}, key="crm")[1]
+    assert time.monotonic() - started < 1.0
+    assert status == 200 and ack["accepted"] == 1 and ack["visible"] and ack["results"][0]["status"] == "accepted"
+
+    ids = [i["item_id"] for i in after["items"]]
+    assert item not in ids and item not in {i["item_id"] for i in profile["recommendations"]}  # no longer new to them
+    first = after["items"][0]  # what goes with the purchase leads the list
+    assert first["source"] == "co_purchase" and first["item_id"] in together and "often bought with" in first["reason"]
+    fresh = after["freshness"]
+    assert fresh["purchases_since_snapshot"] == 1 and fresh["events_through"] == _at(10).replace("+00:00", "+00:00")
+    assert fresh["age_seconds"] is not None and fresh["age_seconds"] < 5 and fresh["features_as_of"] == before["features_as_of"]
+    assert profile["features"]["recency_days"] == 0 and profile["features"]["frequency"] == profile0["features"]["frequency"] + 1
+    assert profile["freshness"]["purchases_since_snapshot"] == 1
+
+    status, again = server.post("/events", {"events": [event]})  # the storefront retries: nothing changes
+    assert status == 200 and again["duplicates"] == 1 and again["accepted"] == 0
+    assert server.post("/recommend", {"customer_id": c, "k": 10, "exclude_purchased": True})[1]["items"] == after["items"]
+    assert server.post("/customer", {"customer_id": c}, key="crm")[1]["features"] == profile["features"]
+
+
+def test_a_purchase_resets_a_lapsed_customers_churn(server: Server, bought) -> None:
+    ids = sorted(bought)[:1000]
+    scores = server.post("/churn", {"customer_ids": ids}, key="crm")[1]["results"]
+    lapsed = max((r for r in scores if r["status"] == "ok"), key=lambda r: (r["churn_probability"], -r["customer_id"]))
+    c = lapsed["customer_id"]
+    event = {"event_id": f"svc-{c}-back", "type": "purchase", "customer_id": c, "item_id": sorted(bought[c])[0], "price": 20.0,
+             "quantity": 3, "timestamp": _at(2)}
+    assert server.post("/events", {"events": [event]})[1]["accepted"] == 1
+    now = server.post("/churn", {"customer_ids": [c]}, key="crm")[1]["results"][0]
+    assert now["churn_probability"] < lapsed["churn_probability"] - 0.05
+    ltv = server.post("/ltv", {"customer_ids": [c]}, key="crm")[1]["results"][0]
+    assert ltv["status"] == "ok" and ltv["p_alive"] > 0.5
+
+
+def test_a_bad_event_is_refused_alone_and_a_session_attaches_at_login(server: Server, bought) -> None:
+    c = a_shopper(bought, 1)
+    basket_item = sorted(bought[c])[-1]
+    status, body = server.post("/events", {"events": [
+        {"event_id": f"svc-{c}-cart", "type": "add_to_cart", "session_id": f"sess-{c}", "item_id": basket_item, "timestamp": _at(11)},
+        {"event_id": f"svc-{c}-bad", "type": "purchase", "customer_id": c, "item_id": basket_item, "timestamp": _at(11)},
+        {"event_id": f"svc-{c}-login", "type": "view", "session_id": f"sess-{c}", "customer_id": c, "item_id": basket_item,
+         "timestamp": _at(11.1)},
+    ]})
+    assert status == 200 and [r["status"] for r in body["results"]] == ["accepted", "rejected", "accepted"]
+    assert body["results"][1]["reasons"] == ["a purchase needs its unit price"]
+    after = server.post("/recommend", {"customer_id": c, "k": 10})[1]
+    assert basket_item not in {i["item_id"] for i in after["items"]}  # in the cart from before login: not offered
+    assert after["items"][0]["source"] == "session"
+    for bad, says in (({"events": []}, "events"), ({"events": [{}] * 1001}, "events"), ({"events": "x"}, "events"),
+                      ({"events": [], "extra": 1}, "extra")):
+        got, err = server.post("/events", bad)
+        assert got == 422 and says in " ".join(err["detail"])
+    assert server.post("/events", {"events": [{}]}, key="crm")[0] == 403
+
+
+def test_an_acknowledged_event_survives_killing_the_service(trained_home: Path, bought) -> None:
+    from features.events import EventLog, events_path
+
+    c, d = a_shopper(bought, 2), a_shopper(bought, 3)
+    first = Server(trained_home)
+    try:
+        event = {"event_id": f"kill-{c}", "type": "purchase", "customer_id": c, "item_id": sorted(bought[c])[0], "price": 5.0,
+                 "timestamp": _at(12)}
+        assert first.post("/events", {"events": [event]})[1]["accepted"] == 1
+    finally:
+        first.kill()  # right after the ack: no shutdown, no flush
+    # A crash after the commit, before the online store was written: no ack, yet nothing is lost.
+    crashing = Server(trained_home, PATRON_CRASH_AT="events")
+    try:
+        event2 = {"event_id": f"kill-{d}", "type": "purchase", "customer_id": d, "item_id": sorted(bought[d])[0], "price": 5.0,
+                  "timestamp": _at(12)}
+        with pytest.raises(OSError):  # the worker died mid-request
+            crashing.post("/events", {"events": [event2]})
+    finally:
+        crashing.stop()
+    log = EventLog(events_path(trained_home))
+    try:
+        assert {f"kill-{c}", f"kill-{d}"} <= set(log.events()["event_id"])
+    finally:
+        log.close()
+    again = Server(trained_home)
+    try:
+        deadline = time.monotonic() + 5  # the publisher catches the pending customer up within a second or two
+        while time.monotonic() < deadline:
+            views = [again.post("/recommend", {"customer_id": x, "k": 3})[1]["freshness"]["purchases_since_snapshot"] for x in (c, d)]
+            if views == [1, 1]:
+                break
+            time.sleep(0.2)
+        assert views == [1, 1]
+        assert again.post("/events", {"events": [event, event2]})[1]["duplicates"] == 2
+    finally:
+        again.stop()

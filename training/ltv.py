@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -144,7 +145,7 @@ class LTVModel:
         self.label_free = True
         return self
 
-    def predict(self, frame: pd.DataFrame, as_of: dt.datetime) -> pd.DataFrame:
+    def predict(self, frame: pd.DataFrame, as_of: dt.datetime | Sequence[dt.datetime] | np.ndarray) -> pd.DataFrame:
         if self.history is None:
             raise RuntimeError("LTV model is not fitted")
         f = enrich(as_columns(frame), self.history, self.horizon_days)
@@ -164,8 +165,12 @@ class LTVModel:
         # Expected wait for the next order: the horizon spread over the expected orders in it.
         # Beyond a year the date says nothing useful; leave it empty.
         wait = np.where(orders > 1e-6, self.horizon_days / np.maximum(orders, 1e-6), np.inf)
-        start = pd.Timestamp(as_of)
-        next_date = [(start + pd.Timedelta(days=float(w))).date().isoformat() if w <= 365 else None for w in wait]
+        # one moment for the batch, or one per row (features brought up to date by recent orders)
+        if isinstance(as_of, dt.datetime):
+            starts = [pd.Timestamp(as_of)] * len(wait)
+        else:
+            starts = list(pd.to_datetime(np.asarray(as_of), utc=True))
+        next_date = [(s + pd.Timedelta(days=float(w))).date().isoformat() if w <= 365 else None for s, w in zip(starts, wait)]
         out = pd.DataFrame(
             {
                 "customer_id": frame["customer_id"].to_numpy(),

@@ -3,9 +3,9 @@
 from datetime import timedelta
 
 from feast import FeatureView, Field
-from feast.types import Float64, Int64, String
+from feast.types import Array, Float64, Int64, String
 
-from features.repo.data_sources import customer_source, product_source
+from features.repo.data_sources import customer_events_push, customer_source, product_source
 from features.repo.entities import customer, product
 
 # Snapshots are weekly; a 35-day TTL tolerates a missed rebuild or two but never serves a
@@ -73,6 +73,27 @@ product_features = FeatureView(
         Field(name="description", dtype=String),
     ],
     source=product_source,
+    online=True,
+    tags={"owner": "patron"},
+)
+
+# Written by the event path, not by materialisation: the purchases and basket a customer made since
+# the last snapshot, newest first. No TTL: the service itself keeps only purchases after the
+# snapshot its other features come from, so a row never outlives its use.
+customer_recent = FeatureView(
+    name="customer_recent",
+    entities=[customer],
+    ttl=timedelta(0),
+    schema=[
+        Field(name="purchase_ts", dtype=Array(Int64), description="epoch seconds of each purchased line, newest first"),
+        Field(name="purchase_items", dtype=Array(String)),
+        Field(name="purchase_amounts", dtype=Array(Float64), description="quantity x price of each line"),
+        Field(name="purchase_orders", dtype=Array(String), description="the order each line belongs to"),
+        Field(name="basket_items", dtype=Array(String), description="added to the cart since the last purchase"),
+        Field(name="last_event_ts", dtype=Int64, description="epoch seconds of the newest event of any type"),
+        Field(name="updated_at", dtype=Float64, description="epoch seconds when the newest event was received"),
+    ],
+    source=customer_events_push,
     online=True,
     tags={"owner": "patron"},
 )
