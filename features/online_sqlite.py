@@ -34,10 +34,22 @@ class PatronSqliteOnlineStore(SqliteOnlineStore):
     _read_conn: sqlite3.Connection | None = None
     _read_lock = threading.Lock()
 
+    def _get_conn(self, config: RepoConfig):
+        """Feast's connection, with the database in WAL mode: the service writes storefront
+        events into the store while it serves reads, and in SQLite's default journal mode each
+        write locks the readers out (docs/benchmarks.md, "Storefront events")."""
+        fresh = not self._conn
+        conn = super()._get_conn(config)
+        if fresh:
+            conn.execute("pragma journal_mode=wal")
+            conn.execute("pragma busy_timeout=10000")
+        return conn
+
     def _reader(self, config: RepoConfig) -> sqlite3.Connection:
         if self._read_conn is None:
             # no detect_types: timestamps stay the integers Feast wrote
             self._read_conn = sqlite3.connect(self._get_db_path(config), check_same_thread=False)
+            self._read_conn.execute("pragma journal_mode=wal")
         return self._read_conn
 
     def online_read(

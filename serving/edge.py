@@ -196,3 +196,52 @@ class Edge:
             return await receive()
 
         await self.app(scope, replay, send)
+
+
+def cancel_request_timers() -> None:
+    """Make BentoML's per-request timeout release its timer when the request is done.
+
+    BentoML 1.4's ``TimeoutMiddleware`` schedules ``loop.call_later(timeout, ...)`` for every
+    request and never cancels it, so each request's timer, future and context stay alive for the
+    whole timeout (60 s by default): at 2,000 requests a second, some 700,000 objects that every
+    full garbage collection walks (pauses of 100 ms and more, growing with the load) and memory
+    that is only given back a minute later. The replacement behaves the same and cancels the timer
+    as soon as the request has its answer or has failed. Idempotent.
+    """
+    import asyncio
+
+    from bentoml._internal.server.http import traffic
+
+    if getattr(traffic.TimeoutMiddleware.__call__, "_cancels_timer", False):
+        return
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            return await self.app(scope, receive, send)
+        loop = asyncio.get_running_loop()
+        waiter = loop.create_future()
+        timer = loop.call_later(self.timeout, self._set_timer_out, waiter)
+
+        async def _send(message: dict) -> None:
+            if not waiter.done():
+                waiter.set_result(None)
+            await send(message)
+
+        fut = asyncio.ensure_future(self.app(scope, receive, _send), loop=loop)
+        try:
+            try:
+                await waiter
+            except asyncio.TimeoutError:
+                if fut.cancel():
+                    from starlette.responses import JSONResponse
+
+                    resp = JSONResponse({"error": f"Not able to process the request in {self.timeout} seconds"}, status_code=504)
+                    await resp(scope, receive, send)
+            else:
+                timer.cancel()  # answered: the timeout no longer applies
+                await fut
+        finally:
+            timer.cancel()
+
+    __call__._cancels_timer = True  # type: ignore[attr-defined]
+    traffic.TimeoutMiddleware.__call__ = __call__  # type: ignore[method-assign]

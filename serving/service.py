@@ -32,7 +32,7 @@ from starlette.responses import JSONResponse, Response
 from pipelines.settings import PatronSettings
 from serving import logic, openapi
 from serving import schemas as S
-from serving.edge import Edge
+from serving.edge import Edge, cancel_request_timers
 from serving.runtime import FeaturesUnavailable, NotReady, Runtime
 
 log = logging.getLogger(__name__)
@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 # BentoML reads ``model_fields`` off the request object, which Pydantic 2.11 warns about, again and
 # again: thousands of lines in the log under load, each costing the request that printed it.
 warnings.filterwarnings("ignore", message="Accessing the 'model_fields' attribute on the instance", category=DeprecationWarning)
+cancel_request_timers()
 
 T = TypeVar("T")
 

@@ -327,3 +327,37 @@ def test_an_acknowledged_event_survives_killing_the_service(trained_home: Path, 
         assert again.post("/events", {"events": [event, event2]})[1]["duplicates"] == 2
     finally:
         again.stop()
+
+
+def test_the_request_timeout_lets_go_of_its_timer_once_answered() -> None:
+    """BentoML's per-request timeout left a live timer (and a future, and a context) behind every
+    request for 60 s; with the service's fix none outlives its request."""
+    import asyncio
+
+    from bentoml._internal.server.http.traffic import TimeoutMiddleware
+
+    from serving.edge import cancel_request_timers
+
+    cancel_request_timers()
+
+    async def app(scope, receive, send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    async def receive() -> dict:
+        return {"type": "http.request", "body": b""}
+
+    async def send(message: dict) -> None:
+        pass
+
+    async def serve_many() -> list:
+        middleware = TimeoutMiddleware(app, timeout=60)
+        for _ in range(100):
+            await middleware({"type": "http"}, receive, send)
+        return [h for h in asyncio.get_running_loop()._scheduled if not h.cancelled()]
+
+    loop = asyncio.SelectorEventLoop()
+    try:
+        assert loop.run_until_complete(serve_many()) == []
+    finally:
+        loop.close()
