@@ -247,3 +247,27 @@ def test_the_pipeline_takes_the_event_purchases_in(tmp_path: Path) -> None:
     folders = event_orders(tmp_path)
     assert folders == [orders_dir(tmp_path)] and len(list(orders_dir(tmp_path).glob("events-*.csv"))) == 1
     assert event_orders(tmp_path) == folders and len(list(orders_dir(tmp_path).glob("events-*.csv"))) == 1
+
+
+def test_a_pipeline_run_counts_the_stored_purchases_as_orders(tmp_path: Path) -> None:
+    from features.synth import generate
+    from pipelines.pipeline import run_pipeline
+    from pipelines.settings import PatronSettings
+    from training.data import load_lines
+
+    shop = tmp_path / "shop"
+    generate(shop, customers=60, products=30, days=60, start=dt.date(2023, 1, 2), seed=3)
+    home = tmp_path / "home"
+    log = EventLog(events_path(home))
+    when = dt.datetime(2023, 3, 3, 12, 0, tzinfo=dt.timezone.utc)  # after the shop's last day
+    log.append([ev("web-1", customer=424242, item="EVENT-ONLY", quantity=3, price=4.0, order_id="W1",
+                   timestamp=when.isoformat())], now=when.timestamp() + 60)
+    log.close()
+    result = run_pipeline(PatronSettings(home=home), [shop], dt.date(2023, 3, 10), 7, kinds=())
+    assert result.details["ingest"]["classes"]["sale"] >= 1
+    lines = load_lines(home / "data")
+    mine = lines[lines["customer_id"] == 424242]
+    assert mine[["invoice_no", "item_id", "quantity", "amount"]].values.tolist() == [["W1", "EVENT-ONLY", 3, 12.0]]
+    again = run_pipeline(PatronSettings(home=home), [shop], dt.date(2023, 3, 10), 7, kinds=())
+    assert (load_lines(home / "data")["customer_id"] == 424242).sum() == 1  # once, however many runs
+    assert "features" in again.skipped  # nothing new: the journal's data fingerprint is unchanged
