@@ -58,7 +58,7 @@ def batches(ids: list[int], items: list[str], port: int, n: int, base: dt.dateti
 async def _visibility(port: int, ids: list[int], items: list[str], samples: int, base: dt.datetime) -> list[float]:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     run = uuid.uuid4().hex[:8]
-    delays = []
+    delays, probes = [], []
     try:
         for i in range(samples):
             c = ids[i % len(ids)]
@@ -70,24 +70,28 @@ async def _visibility(port: int, ids: list[int], items: list[str], samples: int,
             acked = time.perf_counter()
             assert status == 200 and json.loads(body)["accepted"] == 1, body[:300]
             probe = build_request("127.0.0.1", port, "/recommend", {"customer_id": c, "k": 10}, {"X-API-Key": KEYS["storefront"]})
+            n = 0
             while True:
                 writer.write(probe)
                 status, body = await _read_response(reader)
+                n += 1
                 fresh = json.loads(body).get("freshness") or {}
                 if fresh.get("events_through") == when:
                     delays.append((time.perf_counter() - acked) * 1000)
+                    probes.append(n)
                     break
                 if time.perf_counter() - acked > 10:
                     raise RuntimeError(f"event {event['event_id']} not visible after 10 s")
     finally:
         writer.close()
-    return delays
+    return delays, probes
 
 
 def visibility(port: int, ids: list[int], items: list[str], samples: int, base: dt.datetime) -> dict:
-    d = np.asarray(asyncio.run(_visibility(port, ids, items, samples, base)))
+    delays, probes = asyncio.run(_visibility(port, ids, items, samples, base))
+    d = np.asarray(delays)
     return {"samples": len(d), "p50_ms": round(float(np.percentile(d, 50)), 2), "p99_ms": round(float(np.percentile(d, 99)), 2),
-            "max_ms": round(float(d.max()), 2)}
+            "max_ms": round(float(d.max()), 2), "shown_by_first_recommend": sum(p == 1 for p in probes)}
 
 
 def main() -> None:

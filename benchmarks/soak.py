@@ -8,7 +8,7 @@ batch of 10 purchases and cart additions (every event id new; the events go into
 directory's event log, so soak a copy of a state directory you care about). Eight keep-alive
 connections paced to ``--rate`` requests per second in all. Reports, per endpoint, the count,
 errors (anything but 200) and latency percentiles, and the service's resident memory (all of its
-processes) at the start and the end of the measured period.
+processes) at the start and the end of the measured period and every 10 seconds in between.
 """
 
 from __future__ import annotations
@@ -94,11 +94,26 @@ def main() -> None:
             return tag, build_request("127.0.0.1", port, "/events", {"events": events}, sf)
 
         memory: dict[str, float] = {}
+        series: list[tuple[float, float]] = []  # (seconds into the measured period, RSS MiB)
         warmup = 5.0
-        threading.Timer(warmup, lambda: memory.__setitem__("start", rss_mib(proc.pid))).start()
+        done = threading.Event()
+
+        def sample() -> None:  # every 10 s of the measured period, to tell growth from a plateau
+            if done.wait(warmup):
+                return
+            t0 = time.time()
+            memory["start"] = rss_mib(proc.pid)
+            series.append((0.0, memory["start"]))
+            while not done.wait(10.0):
+                series.append((round(time.time() - t0, 1), rss_mib(proc.pid)))
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
         started = time.time()
         result = run_sync("127.0.0.1", port, pick, connections=8, duration=args.seconds, warmup=warmup, rate=args.rate,
                           check=lambda status, body: status == 200)
+        done.set()
+        sampler.join()
         memory["end"] = rss_mib(proc.pid)
         report = {
             "seconds": args.seconds, "offered_rate": args.rate, "workers": args.workers,
@@ -107,6 +122,7 @@ def main() -> None:
                               "p99_ms": round(r.pct(99), 2), "max_ms": round(float(r.latencies_ms.max()), 2)}
                           for t, r in sorted(result.by_tag.items())},
             "rss_mib": {k: round(v, 1) for k, v in memory.items()},
+            "rss_mib_every_10s": [round(v, 1) for _, v in series],
             "wall_seconds": round(time.time() - started, 1),
         }
         print(json.dumps(report, indent=1))
