@@ -91,7 +91,8 @@ orders AS (
            sum(amount) AS spend,
            sum(quantity) AS items,
            count(*) AS n_lines,
-           arg_max(country, invoice_ts) AS country
+           -- lines without a country (storefront events, exports without one) say nothing about it
+           arg_max(country, invoice_ts) FILTER (WHERE country IS NOT NULL AND country <> '') AS country
     FROM lines
     -- the same "valid purchase" as labels and evaluation: paid service lines (postage) count too
     WHERE line_class IN ('sale', 'non_product') AND customer_id IS NOT NULL AND quantity > 0 AND unit_price > 0
@@ -135,7 +136,7 @@ agg AS (
            count(*) FILTER (WHERE o.ts >= s.t - INTERVAL 180 DAY AND o.ts < s.t - INTERVAL 90 DAY) AS orders_prev_90d,
            coalesce(sum(o.spend) FILTER (WHERE o.ts >= s.t - INTERVAL 90 DAY), 0) AS spend_90d,
            coalesce(sum(o.spend) FILTER (WHERE o.ts >= s.t - INTERVAL 365 DAY), 0) AS spend_365d,
-           arg_max(o.country, o.ts) AS country,
+           arg_max(o.country, o.ts) FILTER (WHERE o.country IS NOT NULL) AS country,
            count(DISTINCT date_trunc('day', o.ts)) AS purchase_days,
            max(date_trunc('day', o.ts)) AS last_day,
            count(DISTINCT date_trunc('month', o.ts)) AS months_active,

@@ -258,16 +258,24 @@ def test_a_pipeline_run_counts_the_stored_purchases_as_orders(tmp_path: Path) ->
     shop = tmp_path / "shop"
     generate(shop, customers=60, products=30, days=60, start=dt.date(2023, 1, 2), seed=3)
     home = tmp_path / "home"
+    raw = pd.concat([pd.read_csv(f, dtype=str) for f in sorted(shop.rglob("*.csv*"))])
+    regular = raw.dropna(subset=["CustomerID", "Country"]).iloc[0]
+    regular_id = int(float(regular["CustomerID"]))
     log = EventLog(events_path(home))
     when = dt.datetime(2023, 3, 3, 12, 0, tzinfo=dt.timezone.utc)  # after the shop's last day
-    log.append([ev("web-1", customer=424242, item="EVENT-ONLY", quantity=3, price=4.0, order_id="W1",
-                   timestamp=when.isoformat())], now=when.timestamp() + 60)
+    log.append([ev("web-1", customer=424242, item="EVENT-ONLY", quantity=3, price=4.0, order_id="W1", timestamp=when.isoformat()),
+                ev("web-2", customer=regular_id, item="EVENT-ONLY", quantity=1, price=4.0, timestamp=when.isoformat())],
+               now=when.timestamp() + 60)
     log.close()
     result = run_pipeline(PatronSettings(home=home), [shop], dt.date(2023, 3, 10), 7, kinds=())
     assert result.details["ingest"]["classes"]["sale"] >= 1
     lines = load_lines(home / "data")
     mine = lines[lines["customer_id"] == 424242]
     assert mine[["invoice_no", "item_id", "quantity", "amount"]].values.tolist() == [["W1", "EVENT-ONLY", 3, 12.0]]
+    features = pd.read_parquet(home / "feature_store" / "data" / "customer_features.parquet")
+    latest = features[features["customer_id"] == regular_id].sort_values("event_timestamp").iloc[-1]
+    assert latest["country"] == regular["Country"].strip()  # an event's order, which has no country, does not blank it
+    assert latest["recency_days"] < 7.5  # the event's order is their latest
     again = run_pipeline(PatronSettings(home=home), [shop], dt.date(2023, 3, 10), 7, kinds=())
     assert (load_lines(home / "data")["customer_id"] == 424242).sum() == 1  # once, however many runs
     assert "features" in again.skipped  # nothing new: the journal's data fingerprint is unchanged
