@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import sqlite3
 import time
 from dataclasses import replace
 
@@ -16,7 +17,7 @@ import pandas as pd
 
 from features.events import Fresh, apply_purchases
 from serving import schemas as S
-from serving.runtime import Champions, CustomerFeatures, FeaturesUnavailable, Runtime
+from serving.runtime import Champions, CustomerFeatures, EventsUnavailable, FeaturesUnavailable, Runtime
 from training.churn import risk_band
 from training.recs import SOURCES
 
@@ -308,7 +309,11 @@ def customer(rt: Runtime, req: S.CustomerRequest) -> S.CustomerResponse:
 
 def events(rt: Runtime, req: S.EventsRequest) -> S.EventsResponse:
     """Append a batch durably (the ack waits for the commit), then make it visible online."""
-    result = rt.events.append(req.events)
+    try:
+        result = rt.events.append(req.events)
+    except sqlite3.Error as exc:  # the batch's transaction rolled back: the client may retry it whole
+        log.error("event log write failed: %s", exc)
+        raise EventsUnavailable(type(exc).__name__) from exc
     visible = rt.publish(result.customers) if result.customers else True
     accepted, dup, rej = result.count("accepted"), result.count("duplicate"), result.count("rejected")
     if not visible:

@@ -43,6 +43,10 @@ class FeaturesUnavailable(Exception):
     """The online store cannot be read right now."""
 
 
+class EventsUnavailable(Exception):
+    """The event log cannot be written (disk full, locked beyond the timeout): nothing was stored."""
+
+
 class NotReady(Exception):
     """No champion models are loaded (yet)."""
 

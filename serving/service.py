@@ -33,7 +33,7 @@ from pipelines.settings import PatronSettings
 from serving import logic, openapi
 from serving import schemas as S
 from serving.edge import Edge, cancel_request_timers
-from serving.runtime import FeaturesUnavailable, NotReady, Runtime
+from serving.runtime import EventsUnavailable, FeaturesUnavailable, NotReady, Runtime
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,9 @@ T = TypeVar("T")
 def _unavailable(exc: Exception) -> JSONResponse:
     if isinstance(exc, NotReady):
         return JSONResponse({"error": f"not ready: {exc}", "detail": []}, status_code=503, headers={"retry-after": "5"})
+    if isinstance(exc, EventsUnavailable):
+        return JSONResponse({"error": f"events cannot be stored right now, nothing was kept: {exc}", "detail": []},
+                            status_code=503, headers={"retry-after": "5"})
     return JSONResponse({"error": f"customer features are unavailable: {exc}", "detail": []}, status_code=503,
                         headers={"retry-after": "5"})
 
@@ -118,7 +121,7 @@ class Patron:
                 answer = await anyio.to_thread.run_sync(fn, self.runtime, request)
             else:
                 answer = fn(self.runtime, request)
-        except (NotReady, FeaturesUnavailable) as exc:
+        except (NotReady, FeaturesUnavailable, EventsUnavailable) as exc:
             return _unavailable(exc)
         return Response(answer.model_dump_json(), media_type="application/json")
 

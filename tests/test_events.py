@@ -279,3 +279,21 @@ def test_a_pipeline_run_counts_the_stored_purchases_as_orders(tmp_path: Path) ->
     again = run_pipeline(PatronSettings(home=home), [shop], dt.date(2023, 3, 10), 7, kinds=())
     assert (load_lines(home / "data")["customer_id"] == 424242).sum() == 1  # once, however many runs
     assert "features" in again.skipped  # nothing new: the journal's data fingerprint is unchanged
+
+
+def test_a_log_that_cannot_be_written_is_a_503_not_a_500(tmp_path: Path) -> None:
+    import sqlite3
+    from types import SimpleNamespace
+
+    from serving import logic
+    from serving import schemas as S
+    from serving.runtime import EventsUnavailable
+
+    class Full(EventLog):
+        def append(self, raw_events, now=None):
+            raise sqlite3.OperationalError("database or disk is full")
+
+    rt = SimpleNamespace(events=Full(events_path(tmp_path)))
+    with pytest.raises(EventsUnavailable):
+        logic.events(rt, S.EventsRequest(events=[ev("a")]))
+    rt.events.close()
