@@ -251,6 +251,12 @@ def test_a_purchase_changes_the_next_recommendation_and_profile_within_a_second(
 
     status, again = server.post("/events", {"events": [event]})  # the storefront retries: nothing changes
     assert status == 200 and again["duplicates"] == 1 and again["accepted"] == 0
+    import urllib.request
+
+    with urllib.request.urlopen(server.base + "/metrics", timeout=30) as r:
+        metrics = r.read().decode()
+    assert 'patron_events_total{status="accepted"}' in metrics and 'patron_events_total{status="duplicates"}' in metrics
+    assert "patron_event_lag_seconds" in metrics and "patron_event_visible_seconds_count" in metrics
     assert server.post("/recommend", {"customer_id": c, "k": 10, "exclude_purchased": True})[1]["items"] == after["items"]
     assert server.post("/customer", {"customer_id": c}, key="crm")[1]["features"] == profile["features"]
 
