@@ -26,9 +26,14 @@ def _integral(value: object) -> object:
 # validator so that the JSON schema states them (minimum / maximum).
 CustomerId = Annotated[StrictInt, Field(ge=1, le=2**53), BeforeValidator(_integral),
                        Field(description="the shop's customer id", examples=[17850])]
+# At least one visible character. Spelled out rather than ``\S`` because the OpenAPI document's
+# regex dialect and Python disagree on what is white space (Python strips \x1c-\x1f and \x85,
+# which ``\S`` accepts; it keeps \ufeff): a string the document calls valid must not be
+# stripped to nothing here.
+VISIBLE = r"[^\t\n\v\f\r \xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ufeff\x00-\x1f\x7f-\x9f]"
 ItemId = Annotated[
     str,
-    StringConstraints(strict=True, strip_whitespace=True, to_upper=True, min_length=1, max_length=64, pattern=r"\S"),
+    StringConstraints(strict=True, strip_whitespace=True, to_upper=True, min_length=1, max_length=64, pattern=VISIBLE),
     Field(description="a product code (stock code)", examples=["85123A"]),
 ]
 K = Annotated[StrictInt, Field(ge=1, le=MAX_K), BeforeValidator(_integral), Field(description=f"how many items, 1..{MAX_K}")]
