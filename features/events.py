@@ -288,16 +288,6 @@ class EventLog:
             n, since = self._con.execute("select count(*), min(since) from dirty").fetchone()
         return int(n), (max(0.0, now - since) if since is not None else 0.0)
 
-    def counts(self) -> dict[str, int]:
-        with self._lock:
-            con = self._con
-            return {
-                "events": con.execute("select count(*) from events").fetchone()[0],
-                "rejected": con.execute("select count(*) from rejected").fetchone()[0],
-                "sessions": con.execute("select count(*) from sessions").fetchone()[0],
-                "dirty": con.execute("select count(*) from dirty").fetchone()[0],
-            }
-
     def rejected(self) -> pd.DataFrame:
         with self._lock:
             return pd.read_sql_query("select * from rejected order by id", self._con)
@@ -397,19 +387,15 @@ def customer_state(customer_id: int, events: Sequence[tuple]) -> dict[str, Any]:
     p_amounts: list[float] = []
     p_orders: list[str] = []
     basket: list[str] = []
-    bought_since: set[str] = set()
-    seen_purchase = False
     for kind, item, qty, price, order_id, ts, _received, session, event_id in events:
         if kind == "purchase":
-            seen_purchase = True
-            bought_since.add(item)
             if len(p_ts) < MAX_PURCHASES:
                 p_ts.append(int(ts))
                 p_items.append(item)
                 p_amounts.append(round(float(qty) * float(price), 4))
                 p_orders.append(order_key(order_id, customer_id, session or None, ts, event_id))
-        elif kind == "add_to_cart" and not seen_purchase and item not in bought_since and item not in basket and len(basket) < MAX_BASKET:
-            basket.append(item)  # newer than the last purchase and not bought since
+        elif kind == "add_to_cart" and not p_ts and item not in basket and len(basket) < MAX_BASKET:
+            basket.append(item)  # newer than the last purchase (events come newest first)
     return {
         "customer_id": int(customer_id),
         "event_timestamp": pd.Timestamp.now(tz="UTC"),
@@ -491,50 +477,42 @@ def apply_purchases(frame: pd.DataFrame, snapshot_ts: np.ndarray, fresh: Sequenc
             order_day[key] = int(f.purchase_ts[j] // DAY)
         n, spend = len(orders), float(sum(orders.values()))
         r = out.iloc[i]
-        old_days = {int((snapshot_ts[i] - r["recency_days"] * DAY) // DAY)} if pd.notna(r["recency_days"]) else set()
-        new_days = len(set(order_day.values()) - old_days)
-        freq = (0 if pd.isna(r["frequency"]) else r["frequency"]) + n
-        total = (0 if pd.isna(r["monetary_total"]) else r["monetary_total"]) + spend
-        first_day_age = r["btyd_age_days"] if pd.notna(r["btyd_age_days"]) else 0.0
-        prev_days = 0 if pd.isna(r["purchase_days"]) else r["purchase_days"]
+
+        def v(col: str) -> float:  # a snapshot value, 0 where the snapshot has none
+            return 0.0 if pd.isna(r[col]) else float(r[col])
+
+        last_day = {int((snapshot_ts[i] - r["recency_days"] * DAY) // DAY)} if pd.notna(r["recency_days"]) else set()
+        new_days = len(set(order_day.values()) - last_day)
+        freq, total, days = v("frequency") + n, v("monetary_total") + spend, v("purchase_days") + new_days
         updates = {
             "recency_days": 0.0,
             "frequency": freq,
             "monetary_total": total,
             "avg_order_value": total / freq,
-            "tenure_days": (0 if pd.isna(r["tenure_days"]) else r["tenure_days"]) + gap,
-            "orders_30d": (0 if pd.isna(r["orders_30d"]) else r["orders_30d"]) + n,
-            "orders_90d": (0 if pd.isna(r["orders_90d"]) else r["orders_90d"]) + n,
-            "spend_90d": (0 if pd.isna(r["spend_90d"]) else r["spend_90d"]) + spend,
-            "spend_365d": (0 if pd.isna(r["spend_365d"]) else r["spend_365d"]) + spend,
-            "purchase_days": prev_days + new_days,
-            "btyd_frequency": max(0, prev_days + new_days - 1),
-            "btyd_age_days": first_day_age + gap,
-            "btyd_recency_days": first_day_age + gap,
-            "decayed_orders_30": (0 if pd.isna(r["decayed_orders_30"]) else r["decayed_orders_30"]) * math.exp(-gap / 30) + n,
-            "decayed_orders_90": (0 if pd.isna(r["decayed_orders_90"]) else r["decayed_orders_90"]) * math.exp(-gap / 90) + n,
-            "active_weeks_13": min(13, (0 if pd.isna(r["active_weeks_13"]) else r["active_weeks_13"]) + 1),
-            "active_weeks_26": min(26, (0 if pd.isna(r["active_weeks_26"]) else r["active_weeks_26"]) + 1),
+            "tenure_days": v("tenure_days") + gap,
+            "orders_30d": v("orders_30d") + n,
+            "orders_90d": v("orders_90d") + n,
+            "spend_90d": v("spend_90d") + spend,
+            "spend_365d": v("spend_365d") + spend,
+            "purchase_days": days,
+            "btyd_frequency": max(0.0, days - 1),
+            "btyd_age_days": v("btyd_age_days") + gap,
+            "btyd_recency_days": v("btyd_age_days") + gap,  # the newest purchase ends the history
+            "decayed_orders_30": v("decayed_orders_30") * math.exp(-gap / 30) + n,
+            "decayed_orders_90": v("decayed_orders_90") * math.exp(-gap / 90) + n,
+            "active_weeks_13": min(13.0, v("active_weeks_13") + 1),
+            "active_weeks_26": min(26.0, v("active_weeks_26") + 1),
         }
-        if freq > 1 and pd.notna(r["tenure_days"]) and pd.notna(r["recency_days"]):
-            # first to last order over the gaps between orders
-            updates["mean_interorder_days"] = (r["tenure_days"] + gap) / (freq - 1)
-        if prev_days + new_days > 1 and pd.notna(r["btyd_monetary"]):
-            repeat_before = max(0, prev_days - 1)
-            updates["btyd_monetary"] = (r["btyd_monetary"] * repeat_before + spend) / (repeat_before + new_days) if new_days else r["btyd_monetary"]
+        if freq > 1 and pd.notna(r["tenure_days"]):
+            updates["mean_interorder_days"] = (v("tenure_days") + gap) / (freq - 1)  # first to last order
+        if new_days and days > 1 and pd.notna(r["btyd_monetary"]):
+            repeat_before = max(0.0, v("purchase_days") - 1)
+            updates["btyd_monetary"] = (v("btyd_monetary") * repeat_before + spend) / (repeat_before + new_days)
         if "orders_prev_90d" in out.columns:
-            o90, p90 = updates["orders_90d"], (0 if pd.isna(r["orders_prev_90d"]) else r["orders_prev_90d"])
+            o90, p90 = updates["orders_90d"], v("orders_prev_90d")
             updates["activity_trend"] = 0.0 if o90 + p90 == 0 else (o90 - p90) / (o90 + p90)
         for col, v in updates.items():
             if col in out.columns:
                 out.iat[i, out.columns.get_loc(col)] = v
         ref[i] = max(ref[i], t_last)
     return out, ref
-
-
-def events_path(root: Path) -> Path:
-    return Path(root) / "events" / "events.sqlite"
-
-
-def orders_dir(root: Path) -> Path:
-    return Path(root) / "events" / "orders"

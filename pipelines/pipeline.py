@@ -20,7 +20,7 @@ from pathlib import Path
 from features.compute import build_features, to_utc
 from features.ingest import OrderStore, ingest
 from features.store import apply_definitions, materialize, open_store
-from pipelines.settings import PatronSettings
+from pipelines.settings import PatronSettings, StatePaths
 
 log = logging.getLogger(__name__)
 
@@ -54,20 +54,20 @@ class Journal:
         os.replace(tmp, self.path)
 
 
-def event_orders(root: Path) -> list[Path]:
+def event_orders(paths: StatePaths) -> list[Path]:
     """The storefront's purchases as order files for ingestion: those not exported yet are written
     now; all files written so far are returned (ingestion skips the ones it has seen)."""
-    from features.events import EventLog, events_path, orders_dir
+    from features.events import EventLog
 
-    if events_path(root).exists():
-        log_ = EventLog(events_path(root))
+    if paths.events_log.exists():
+        log_ = EventLog(paths.events_log)
         try:
-            written = log_.export_orders(orders_dir(root))
+            written = log_.export_orders(paths.event_orders)
         finally:
             log_.close()
         if written is not None:
             log.info("exported storefront purchases to %s", written.name)
-    folder = orders_dir(root)
+    folder = paths.event_orders
     return [folder] if folder.is_dir() and any(folder.glob("events-*.csv")) else []
 
 
@@ -93,7 +93,7 @@ def run_pipeline(
     # Ingest is idempotent by construction (file hashes and line ids), so it always runs: new
     # daily files are picked up, known ones cost a hash.
     announce("ingest", "running")
-    sources = [*sources, *event_orders(paths.root)]
+    sources = [*sources, *event_orders(paths)]
     report = ingest(sources, paths.data, max_abs_quantity=settings.max_abs_quantity)
     result.ran.append("ingest")
     result.details["ingest"] = {k: v for k, v in report.to_dict().items() if k != "files"}

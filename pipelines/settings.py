@@ -84,6 +84,16 @@ class StatePaths:
         return self.root / "reports"
 
     @property
+    def events_log(self) -> Path:
+        """The storefront's events, rejected events and sessions (SQLite)."""
+        return self.root / "events" / "events.sqlite"
+
+    @property
+    def event_orders(self) -> Path:
+        """Purchases from the event log, as order files for ingestion."""
+        return self.root / "events" / "orders"
+
+    @property
     def feature_repo(self) -> Path:
         """Feast's repo_path: relative source paths and the local registry resolve here."""
         return self.root / "feature_store"

@@ -100,7 +100,7 @@ def freshness(snapshot_ts: float | None, fresh: Fresh | None, now: float | None 
     """How old the information behind an answer is: the snapshot, and the events on top of it."""
     now = time.time() if now is None else now
     received = fresh.updated_at if fresh is not None and fresh.updated_at else None
-    newest = max(x for x in (snapshot_ts or 0.0, received or 0.0))
+    newest = max(snapshot_ts or 0.0, received or 0.0)
     since = len(fresh.purchases_after(snapshot_ts or 0.0)) if fresh is not None else 0
     return S.Freshness(
         features_as_of=_iso(snapshot_ts), events_through=_iso(fresh.last_event_ts if fresh is not None else None),

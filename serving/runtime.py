@@ -24,7 +24,7 @@ import duckdb
 import numpy as np
 import pandas as pd
 
-from features.events import RECENT_VIEW, EventLog, Fresh, events_path, publish
+from features.events import RECENT_VIEW, EventLog, Fresh, publish
 from features.ingest import OrderStore
 from pipelines.settings import PatronSettings
 from training import registry
@@ -86,25 +86,15 @@ def _value(v) -> object:
     return None if kind is None or kind == "null_val" else getattr(v, kind)
 
 
-class OnlineFeatures:
-    """Reads a customer feature service from the Feast online store (SQLite or Redis).
+class _OnlineView:
+    """One feature view of the Feast online store (SQLite or Redis), read through the store's own
+    ``online_read`` (Feast's plugin interface, the call ``get_online_features`` makes)."""
 
-    Through the online store's own ``online_read`` (Feast's plugin interface, the same call
-    ``get_online_features`` makes): the feature service's view and names are resolved once, and
-    the values are decoded straight into arrays, skipping the response object Feast builds around
-    them, which cost as much as the read itself for a batch of a hundred customers.
-    """
-
-    def __init__(self, store, service: str = CHURN_SERVICE) -> None:
+    def __init__(self, store, view: str) -> None:
         from feast.infra.online_stores.helpers import get_online_store_from_config
 
         self.store = store
-        self.service_name = service
-        projections = store.get_feature_service(service).feature_view_projections
-        if len(projections) != 1:
-            raise ValueError(f"feature service {service} reads {len(projections)} views; the service reads one")
-        self.view = store.get_feature_view(projections[0].name)
-        self.names = [f.name for f in projections[0].features]
+        self.view = store.get_feature_view(view)
         self.online = get_online_store_from_config(store.config.online_store)
         self._lock = threading.Lock()
 
@@ -117,8 +107,26 @@ class OnlineFeatures:
             with self._lock:  # one connection, shared between the server's threads
                 return _known(self.online.online_read(self.store.config, self.view, keys, names))
         except Exception as exc:  # redis, sqlite and Feast raise many types; all mean "not now"
-            log.warning("online store read failed: %s", type(exc).__name__)
+            log.warning("online store read of %s failed: %s", self.view.name, type(exc).__name__)
             raise FeaturesUnavailable(f"the online feature store cannot be read ({type(exc).__name__})") from exc
+
+
+class OnlineFeatures(_OnlineView):
+    """Reads a customer feature service from the Feast online store (SQLite or Redis).
+
+    Through the online store's own ``online_read`` (Feast's plugin interface, the same call
+    ``get_online_features`` makes): the feature service's view and names are resolved once, and
+    the values are decoded straight into arrays, skipping the response object Feast builds around
+    them, which cost as much as the read itself for a batch of a hundred customers.
+    """
+
+    def __init__(self, store, service: str = CHURN_SERVICE) -> None:
+        projections = store.get_feature_service(service).feature_view_projections
+        if len(projections) != 1:
+            raise ValueError(f"feature service {service} reads {len(projections)} views; the service reads one")
+        super().__init__(store, projections[0].name)
+        self.service_name = service
+        self.names = [f.name for f in projections[0].features]
 
     def customers(self, ids: list[int]) -> CustomerFeatures:
         """The whole feature service for each id (the customer models' input)."""
@@ -152,43 +160,27 @@ def _list(v) -> list:
     return [] if kind is None or kind == "null_val" else list(getattr(v, kind).val)
 
 
-class RecentEvents:
+class RecentEvents(_OnlineView):
     """Reads the ``customer_recent`` view that the event path pushes: one read per call."""
 
     NAMES = ["purchase_ts", "purchase_items", "purchase_amounts", "purchase_orders", "basket_items", "last_event_ts", "updated_at"]
 
     def __init__(self, store) -> None:
-        from feast.infra.online_stores.helpers import get_online_store_from_config
-
-        self.store = store
-        self.view = store.get_feature_view(RECENT_VIEW)
-        self.online = get_online_store_from_config(store.config.online_store)
-        self._lock = threading.Lock()
+        super().__init__(store, RECENT_VIEW)
 
     def read(self, ids: list[int]) -> list[Fresh | None]:
-        from feast.protos.feast.types.EntityKey_pb2 import EntityKey
-        from feast.protos.feast.types.Value_pb2 import Value
-
-        if not ids:
-            return []
-        keys = [EntityKey(join_keys=["customer_id"], entity_values=[Value(int64_val=int(c))]) for c in ids]
-        try:
-            with self._lock:
-                rows = _known(self.online.online_read(self.store.config, self.view, keys, self.NAMES))
-        except Exception as exc:
-            log.warning("online store read of recent events failed: %s", type(exc).__name__)
-            raise FeaturesUnavailable(f"the online feature store cannot be read ({type(exc).__name__})") from exc
         out: list[Fresh | None] = []
-        for _ts, values in rows:
+        for _ts, values in self._read(ids, self.NAMES) if ids else []:
             if values is None:
                 out.append(None)
                 continue
+            lists = {n: _list(values[n]) if n in values else [] for n in self.NAMES[:5]}
             out.append(Fresh(
-                purchase_ts=np.asarray(_list(values["purchase_ts"]), float) if "purchase_ts" in values else np.zeros(0),
-                purchase_items=_list(values["purchase_items"]) if "purchase_items" in values else [],
-                purchase_amounts=np.asarray(_list(values["purchase_amounts"]), float) if "purchase_amounts" in values else np.zeros(0),
-                purchase_orders=_list(values["purchase_orders"]) if "purchase_orders" in values else [],
-                basket_items=_list(values["basket_items"]) if "basket_items" in values else [],
+                purchase_ts=np.asarray(lists["purchase_ts"], float),
+                purchase_items=lists["purchase_items"],
+                purchase_amounts=np.asarray(lists["purchase_amounts"], float),
+                purchase_orders=lists["purchase_orders"],
+                basket_items=lists["basket_items"],
                 last_event_ts=float(_value(values["last_event_ts"]) or 0) if "last_event_ts" in values else 0.0,
                 updated_at=float(_value(values["updated_at"]) or 0) if "updated_at" in values else 0.0,
             ))
@@ -353,7 +345,7 @@ class Runtime:
         self.last_error: str | None = None
         self._reload_lock = threading.Lock()
         self._store_ok = (0.0, True)
-        self.events = EventLog(events_path(paths.root))
+        self.events = EventLog(paths.events_log)
         self._recent: RecentEvents | None = None
         self._recent_retry = 0.0
         self.publish_failures = 0
@@ -381,15 +373,6 @@ class Runtime:
             self.publish_failures += 1
             log.warning("publishing event state failed: %s: %s", type(exc).__name__, exc)
             return False
-
-    def publisher(self, stop: threading.Event, every: float = 1.0) -> None:
-        """Retry loop: publishes customers left pending by a failed push or a crash."""
-        while not stop.wait(every):
-            try:
-                if self.events.lag()[0]:
-                    self.publish()
-            except Exception:
-                log.exception("event publisher")
 
     def require(self) -> Champions:
         champions = self.champions

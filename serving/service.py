@@ -16,7 +16,6 @@ a worker thread so it never stalls the storefront's requests on the event loop.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import threading
@@ -69,6 +68,13 @@ class _EventMetrics:
                          "(0: all are online)", multiprocess_mode="livemax")
         self.pending = Gauge("patron_event_pending_customers", "customers whose stored events are not online yet",
                              multiprocess_mode="livemax")
+
+    def record(self, answer: S.EventsResponse, seconds: float) -> None:
+        for status, n in (("accepted", answer.accepted), ("duplicates", answer.duplicates), ("rejected", answer.rejected)):
+            if n:
+                self.events.labels(status=status).inc(n)
+        if answer.visible and answer.accepted:
+            self.visible.observe(seconds)
 
 
 @bentoml.service(
@@ -159,15 +165,12 @@ class Patron:
     async def events(self, **fields) -> S.EventsResponse:
         """Storefront events: each validated, deduplicated by event_id, stored durably before the
         answer, and applied to the customer's online features at once."""
+        return await self._call(self._events, S.EventsRequest(**fields), thread=True)
+
+    def _events(self, rt: Runtime, request: S.EventsRequest) -> S.EventsResponse:
         started = time.perf_counter()
-        answer = await self._call(logic.events, S.EventsRequest(**fields), thread=True)
-        if isinstance(answer, Response) and answer.status_code == 200:
-            body = json.loads(answer.body)
-            for status in ("accepted", "duplicates", "rejected"):
-                if body[status]:
-                    self._metrics.events.labels(status=status).inc(body[status])
-            if body["visible"] and body["accepted"]:
-                self._metrics.visible.observe(time.perf_counter() - started)
+        answer = logic.events(rt, request)
+        self._metrics.record(answer, time.perf_counter() - started)
         return answer
 
     @bentoml.api(route="/admin/reload", input_spec=S.ReloadRequest, output_spec=S.ReloadResponse)

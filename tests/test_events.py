@@ -15,11 +15,20 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from features.events import EventLog, Fresh, apply_purchases, customer_state, events_path, orders_dir, publish
+from features.events import EventLog, Fresh, apply_purchases, publish
+from pipelines.settings import StatePaths
 from features.ingest import ingest
 from tests.conftest import write_raw
 
 T0 = dt.datetime(2011, 7, 1, 10, 0, tzinfo=dt.timezone.utc)
+
+
+def events_path(home: Path) -> Path:
+    return StatePaths.for_home(home).events_log
+
+
+def orders_dir(home: Path) -> Path:
+    return StatePaths.for_home(home).event_orders
 
 
 def ev(event_id: str, kind: str = "purchase", customer: int | None = 17850, item: str = "85123A", minutes: float = 0, **extra) -> dict:
@@ -116,7 +125,7 @@ def test_state_keeps_purchases_newest_first_and_the_basket_since_the_last_purcha
     with elog.publishing() as (frame, marks):
         assert marks and len(frame) == 1
         row = frame.iloc[0]
-    assert row["purchase_items"] == ["D", "A", "B"] or row["purchase_items"] == ["D", "B", "A"]
+    assert row["purchase_items"] == ["D", "B", "A"]  # newest first; within a second, the later event first
     assert row["purchase_orders"][0] == "581000" and row["purchase_orders"][1] == row["purchase_orders"][2]
     assert sorted(row["purchase_amounts"]) == [3.0, 3.0, 4.0]
     assert row["basket_items"] == ["E"]  # C and D were before the last purchase; views are not the basket
@@ -240,13 +249,14 @@ def test_purchases_go_back_to_training_once_even_when_the_shop_exports_the_order
 def test_the_pipeline_takes_the_event_purchases_in(tmp_path: Path) -> None:
     from pipelines.pipeline import event_orders
 
-    assert event_orders(tmp_path) == []  # no event log: nothing to add
+    paths = StatePaths.for_home(tmp_path)
+    assert event_orders(paths) == []  # no event log: nothing to add
     log = EventLog(events_path(tmp_path))
     log.append([ev("e1")])
     log.close()
-    folders = event_orders(tmp_path)
+    folders = event_orders(paths)
     assert folders == [orders_dir(tmp_path)] and len(list(orders_dir(tmp_path).glob("events-*.csv"))) == 1
-    assert event_orders(tmp_path) == folders and len(list(orders_dir(tmp_path).glob("events-*.csv"))) == 1
+    assert event_orders(paths) == folders and len(list(orders_dir(tmp_path).glob("events-*.csv"))) == 1
 
 
 def test_a_pipeline_run_counts_the_stored_purchases_as_orders(tmp_path: Path) -> None:

@@ -35,6 +35,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from training.formats import check_format
+
 from features.compute import to_utc
 
 FORMAT_NAME = "patron-recs"
@@ -72,13 +74,7 @@ def read_meta(directory: Path, kind: str | None = None) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"{directory} is not a saved recommender: no {META_FILE}")
     meta = json.loads(path.read_text())
-    if meta.get("format") != FORMAT_NAME:
-        raise FormatVersionError(f"{directory} is not a {FORMAT_NAME} model directory (format {meta.get('format')!r})")
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise FormatVersionError(
-            f"{directory} was saved with {FORMAT_NAME} format version {meta.get('format_version')!r}, "
-            f"but this code reads version {FORMAT_VERSION}: retrain the model (or load it with the code that wrote it)"
-        )
+    check_format(meta, directory, FORMAT_NAME, FORMAT_VERSION, FormatVersionError)
     if kind is not None and meta.get("kind") != kind:
         raise FormatVersionError(f"{directory} holds a {meta.get('kind')!r} model, not {kind!r}")
     return meta

@@ -33,6 +33,8 @@ from typing import Any, Self
 import numpy as np
 import pandas as pd
 
+from training.formats import check_format
+
 log = logging.getLogger(__name__)
 
 FORMAT_NAME = "patron-session"
@@ -324,13 +326,7 @@ class SessionModel:
             meta = json.loads(meta_path.read_text())
         except ValueError as exc:
             raise SessionFormatError(f"{meta_path}: unreadable JSON ({exc})") from exc
-        if meta.get("format") != FORMAT_NAME:
-            raise SessionFormatError(f"{directory}: expected format {FORMAT_NAME!r}, got {meta.get('format')!r}")
-        if meta.get("format_version") != FORMAT_VERSION:
-            raise SessionFormatError(
-                f"{directory}: saved with {FORMAT_NAME} format version {meta.get('format_version')!r}, "
-                f"this code reads version {FORMAT_VERSION}; retrain the model"
-            )
+        check_format(meta, directory, FORMAT_NAME, FORMAT_VERSION, SessionFormatError)
         known_params = {f.name for f in fields(SessionParams)}
         params = SessionParams(**{k: v for k, v in meta["params"].items() if k in known_params})
         with np.load(arrays_path, allow_pickle=False) as z:
