@@ -37,8 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from loadgen import _read_response, build_request, run_sync  # noqa: E402
 from serving_latency import KEYS, customers, free_port, start, stop  # noqa: E402
 
-from pipelines.settings import PatronSettings  # noqa: E402
-from serving.launch import server_env  # noqa: E402
+from patron.settings import PatronSettings  # noqa: E402
+from patron.serving.launch import server_env  # noqa: E402
 
 BATCH = 100
 
@@ -105,14 +105,14 @@ def main() -> None:
 
     settings = PatronSettings(storefront_keys=KEYS["storefront"], crm_keys=KEYS["crm"], admin_keys=KEYS["admin"])
     ids = customers(settings, 4000)
-    from training.data import load_lines
+    from patron.training.data import load_lines
 
     lines = load_lines(settings.paths().data)
     items = lines.loc[lines["line_class"] == "sale", "item_id"].dropna().value_counts().index[:2000].astype(str).tolist()
     base = lines["invoice_ts"].max().to_pydatetime() + dt.timedelta(days=1)
     port = free_port()
     log = Path(os.environ.get("TMPDIR", "/tmp")) / f"patron-events-bench-{port}.log"
-    proc = start([sys.executable, "-m", "bentoml", "serve", "serving.service:Patron", "--port", str(port), "--host", "127.0.0.1"],
+    proc = start([sys.executable, "-m", "bentoml", "serve", "patron.serving.service:Patron", "--port", str(port), "--host", "127.0.0.1"],
                  server_env(settings), port, log)
     try:
         idle = visibility(port, ids, items, args.samples, base)

@@ -90,7 +90,7 @@ def main() -> None:
     if args.data == "shipped":
         source = SHIPPED
     else:
-        from features.synth import generate
+        from patron_synth.shop import generate
 
         source = args.work / f"synth-{args.customers}-{args.products}-{args.days}"
         if not (source / ".complete").exists():

@@ -22,12 +22,12 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import KFold, StratifiedKFold
 
-from pipelines.settings import PatronSettings
-from training.churn import ChurnModel, classification_metrics, rfm_logistic
-from training.data import load_lines
-from training.frames import labels
-from training.ltv import LTVModel, value_metrics
-from training.train import customer_frames, spec_for
+from patron.settings import PatronSettings
+from patron.training.churn import ChurnModel, classification_metrics, rfm_logistic
+from patron.training.data import load_lines
+from patron.training.frames import labels
+from patron.training.ltv import LTVModel, value_metrics
+from patron.training.train import customer_frames, spec_for
 
 
 def main() -> None:

@@ -32,9 +32,9 @@ import duckdb
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from loadgen import build_request, run_sync  # noqa: E402
 
-from features.ingest import OrderStore  # noqa: E402
-from pipelines.settings import REPO_ROOT, PatronSettings  # noqa: E402
-from serving.launch import server_env, wait_ready  # noqa: E402
+from patron.features.ingest import OrderStore  # noqa: E402
+from patron.settings import REPO_ROOT, PatronSettings  # noqa: E402
+from patron.serving.launch import server_env, wait_ready  # noqa: E402
 
 KEYS = {"storefront": "bench-sf", "crm": "bench-crm", "admin": "bench-admin"}
 
@@ -109,7 +109,7 @@ def main() -> None:
     for workers in [int(w) for w in args.workers.split(",")]:
         port = free_port()
         env = server_env(settings.model_copy(update={"serve_workers": workers}))
-        proc = start([sys.executable, "-m", "bentoml", "serve", "serving.service:Patron", "--port", str(port), "--working-dir", str(REPO_ROOT)],
+        proc = start([sys.executable, "-m", "bentoml", "serve", "patron.serving.service:Patron", "--port", str(port), "--working-dir", str(REPO_ROOT)],
                      env, port, out / f"patron-w{workers}.log")
         try:
             reqs = recommend_requests(port, KEYS["storefront"])

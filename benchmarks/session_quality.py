@@ -54,9 +54,9 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from training.data import load_lines  # noqa: E402
-from training.recs import basket_similarity  # noqa: E402
-from training.session import SessionModel, SessionParams, basket_lines  # noqa: E402
+from patron.training.data import load_lines  # noqa: E402
+from patron.training.recs import basket_similarity  # noqa: E402
+from patron.training.session import SessionModel, SessionParams, basket_lines  # noqa: E402
 
 COLUMNS = ("customer_id", "invoice_no", "item_id", "quantity", "unit_price", "amount", "invoice_ts", "line_class")
 SPLITS = {

@@ -27,8 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from loadgen import build_request, run_sync  # noqa: E402
 from serving_latency import KEYS, customers, free_port, start, stop  # noqa: E402
 
-from pipelines.settings import REPO_ROOT, PatronSettings  # noqa: E402
-from serving.launch import server_env  # noqa: E402
+from patron.settings import REPO_ROOT, PatronSettings  # noqa: E402
+from patron.serving.launch import server_env  # noqa: E402
 
 
 def rss_mib(pid: int) -> float:
@@ -52,7 +52,7 @@ def main() -> None:
     port = free_port()
     out = Path(settings.paths().root) / "bench"
     out.mkdir(parents=True, exist_ok=True)
-    proc = start([sys.executable, "-m", "bentoml", "serve", "serving.service:Patron", "--port", str(port), "--working-dir", str(REPO_ROOT)],
+    proc = start([sys.executable, "-m", "bentoml", "serve", "patron.serving.service:Patron", "--port", str(port), "--working-dir", str(REPO_ROOT)],
                  server_env(settings), port, out / "soak.log")
     try:
         sf, crm = {"X-API-Key": KEYS["storefront"]}, {"X-API-Key": KEYS["crm"]}

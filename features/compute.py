@@ -19,7 +19,7 @@ from pathlib import Path
 
 import duckdb
 
-from features.ingest import OrderStore
+from patron.features.ingest import OrderStore
 
 log = logging.getLogger(__name__)
 

@@ -45,7 +45,7 @@ import numpy as np
 import pandas as pd
 from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, StrictInt, StringConstraints, ValidationError, model_validator
 
-from features.faults import crash_point
+from patron.faults import crash_point
 
 log = logging.getLogger(__name__)
 

@@ -43,7 +43,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from features.faults import crash_point
+from patron.faults import crash_point
 
 log = logging.getLogger(__name__)
 

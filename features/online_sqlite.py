@@ -7,7 +7,7 @@ decodes every feature of the view even when a request needs one. This one reads 
 converts one timestamp per customer, and decodes only the features asked for: for a batch of 100
 customers the read went from about 30 ms to about 10 ms (docs/benchmarks.md).
 
-Configured in ``features/repo/feature_store.yaml`` as ``type: features.online_sqlite.PatronSqliteOnlineStore``.
+Configured in ``features/repo/feature_store.yaml`` as ``type: patron.features.online_sqlite.PatronSqliteOnlineStore``.
 """
 
 from __future__ import annotations
@@ -23,11 +23,11 @@ from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
 from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 from feast.repo_config import RepoConfig
 
-STORE_TYPE = "features.online_sqlite.PatronSqliteOnlineStore"
+STORE_TYPE = "patron.features.online_sqlite.PatronSqliteOnlineStore"
 
 
 class PatronSqliteOnlineStoreConfig(SqliteOnlineStoreConfig):
-    type: Literal["features.online_sqlite.PatronSqliteOnlineStore"] = STORE_TYPE  # type: ignore[assignment]
+    type: Literal["patron.features.online_sqlite.PatronSqliteOnlineStore"] = STORE_TYPE  # type: ignore[assignment]
 
 
 class PatronSqliteOnlineStore(SqliteOnlineStore):

@@ -18,8 +18,8 @@ import pandas as pd
 import yaml
 from feast import FeatureStore, RepoConfig
 
-from features.compute import CUSTOMER_FEATURES_FILE, PRODUCT_FEATURES_FILE, to_utc
-from features.faults import crash_point
+from patron.features.compute import CUSTOMER_FEATURES_FILE, PRODUCT_FEATURES_FILE, to_utc
+from patron.faults import crash_point
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ def open_store(
 
 def apply_definitions(store: FeatureStore) -> list[str]:
     """Register entities, views and services (idempotent: unchanged objects are left alone)."""
-    from features.repo.definitions import ALL_OBJECTS
+    from patron.features.repo.definitions import ALL_OBJECTS
 
     store.apply(ALL_OBJECTS)
     return sorted(o.name for o in ALL_OBJECTS)

@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from pipelines.settings import PatronSettings
+from patron.settings import PatronSettings
 
 app = typer.Typer(
     name="patron",
@@ -75,7 +75,7 @@ def ingest(
     home: HomeOpt = None,
 ) -> None:
     """Validate, normalise and classify raw order exports into canonical order lines."""
-    from features.ingest import IngestError, find_files, ingest as run_ingest
+    from patron.features.ingest import IngestError, find_files, ingest as run_ingest
 
     settings = _settings(home)
     paths = settings.paths()
@@ -121,7 +121,7 @@ def _default_as_of(settings: PatronSettings) -> dt.datetime:
     """Without --as-of: the day after the last ingested sale, so that all history is used."""
     import duckdb
 
-    from features.ingest import OrderStore
+    from patron.features.ingest import OrderStore
 
     parts = OrderStore(settings.paths().data).committed_parts()
     if not parts:
@@ -153,7 +153,7 @@ def features_cmd(
 
 
 def build_features_step(settings: PatronSettings, as_of: dt.datetime | None, every_days: int | None = None) -> None:
-    from features.compute import NoDataError, build_features
+    from patron.features.compute import NoDataError, build_features
 
     paths = settings.paths()
     as_of = as_of or _default_as_of(settings)
@@ -173,7 +173,7 @@ def build_features_step(settings: PatronSettings, as_of: dt.datetime | None, eve
 
 
 def apply_step(settings: PatronSettings) -> None:
-    from features.store import apply_definitions, open_store
+    from patron.features.store import apply_definitions, open_store
 
     store = open_store(settings.paths().feature_repo, settings.online_store, settings.redis_url)
     names = apply_definitions(store)
@@ -181,7 +181,7 @@ def apply_step(settings: PatronSettings) -> None:
 
 
 def materialize_step(settings: PatronSettings, as_of: dt.datetime | None) -> None:
-    from features.store import FeatureStoreError, materialize, open_store
+    from patron.features.store import FeatureStoreError, materialize, open_store
 
     store = open_store(settings.paths().feature_repo, settings.online_store, settings.redis_url)
     as_of = as_of or _default_as_of(settings)
@@ -206,7 +206,7 @@ def synth(
     compress: Annotated[bool, typer.Option("--gzip/--no-gzip", help="Write .csv.gz files.")] = False,
 ) -> None:
     """Write a synthetic shop's daily order exports in the raw schema (for tests and benchmarks)."""
-    from features.synth import generate
+    from patron_synth.shop import generate
 
     with console.status("generating orders"):
         s = generate(out, customers=customers, products=products, days=days, seed=seed, compress=compress)
@@ -227,7 +227,7 @@ def demo(
     """The whole thing on the shipped order data: ingest, features, Feast, train, gate, register, then serve."""
     import secrets
 
-    from pipelines.pipeline import run_pipeline
+    from patron.pipelines.pipeline import run_pipeline
 
     settings = _settings(home)
     if not SHIPPED_DATA.exists():
@@ -252,7 +252,7 @@ def demo(
 
 def serve_until_stopped(settings: PatronSettings, port: int, host: str = "127.0.0.1", *, examples: bool = False) -> None:
     """Run `bentoml serve` for the Patron service; with ``examples``, call every endpoint once it is ready."""
-    from serving.launch import example_calls, run_server
+    from patron.serving.launch import example_calls, run_server
 
     def ready(base_url: str) -> None:
         if examples:
@@ -286,7 +286,7 @@ def show_online_example(settings: PatronSettings) -> None:
     """Read the online store for the most frequent customer of the latest snapshot, as serving will."""
     import pandas as pd
 
-    from features.store import online_customer_features, open_store
+    from patron.features.store import online_customer_features, open_store
 
     paths = settings.paths()
     snaps = pd.read_parquet(paths.feature_data / "customer_features.parquet", columns=["customer_id", "event_timestamp", "frequency"])
@@ -341,8 +341,8 @@ def train(
 
 
 def run_training(settings: PatronSettings, kinds: tuple[str, ...], as_of: dt.datetime, horizon_days: int) -> list:
-    from training.frames import TooLittleHistoryError
-    from training.train import spec_for, train_customer_models
+    from patron.training.frames import TooLittleHistoryError
+    from patron.training.train import spec_for, train_customer_models
 
     spec = spec_for(settings, as_of, horizon_days)
     results = []
@@ -352,7 +352,7 @@ def run_training(settings: PatronSettings, kinds: tuple[str, ...], as_of: dt.dat
             with console.status(f"training {', '.join(customer)} as of {spec.as_of.date()}"):
                 results += train_customer_models(spec, customer)
         if "recs" in kinds:
-            from training.recs_train import train_recommender
+            from patron.training.recs_train import train_recommender
 
             with console.status(f"training the recommender as of {spec.as_of.date()}"):
                 results.append(train_recommender(spec))
@@ -390,7 +390,7 @@ def promote(
     home: HomeOpt = None,
 ) -> None:
     """Make a registered version the champion, or roll the champion back."""
-    from training import registry
+    from patron.training import registry
 
     settings = _settings(home)
     registry.configure(settings.paths().mlruns, settings.mlflow_uri)
@@ -415,10 +415,10 @@ def export(
     home: HomeOpt = None,
 ) -> None:
     """Batch scores of the champion models for every customer who bought before --as-of."""
-    from pipelines.export import export_all
-    from training.frames import TooLittleHistoryError
-    from training.registry import RegistryError
-    from training.train import spec_for
+    from patron.pipelines.export import export_all
+    from patron.training.frames import TooLittleHistoryError
+    from patron.training.registry import RegistryError
+    from patron.training.train import spec_for
 
     settings = _settings(home)
     spec = spec_for(settings, as_of, horizon_days)
@@ -442,8 +442,8 @@ def scorecard(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")] = False,
 ) -> None:
     """Score an export against the real purchases of the following window, read from the raw files."""
-    from features.ingest import IngestError
-    from pipelines.scorecard import ScorecardError, score_export
+    from patron.features.ingest import IngestError
+    from patron.pipelines.scorecard import ScorecardError, score_export
 
     try:
         card = score_export(exports, source, as_of, horizon_days)
@@ -481,9 +481,9 @@ def pipeline_run(
     online_store: StoreOpt = None,
 ) -> None:
     """ingest -> features -> apply -> materialize -> train all -> evaluate -> gate -> register; reruns continue."""
-    from features.ingest import IngestError
-    from pipelines.pipeline import run_pipeline
-    from training.frames import TooLittleHistoryError
+    from patron.features.ingest import IngestError
+    from patron.pipelines.pipeline import run_pipeline
+    from patron.training.frames import TooLittleHistoryError
 
     settings = _settings(home, online_store)
 
@@ -509,9 +509,9 @@ def evaluate(
     home: HomeOpt = None,
 ) -> None:
     """Backtest: score the champions as of --as-of against what customers did in the following window."""
-    from pipelines.evaluate import WindowNotObservedError, evaluate_customer_models
-    from training.registry import RegistryError
-    from training.train import spec_for
+    from patron.pipelines.evaluate import WindowNotObservedError, evaluate_customer_models
+    from patron.training.registry import RegistryError
+    from patron.training.train import spec_for
 
     settings = _settings(home)
     spec = spec_for(settings, as_of, horizon_days)
@@ -522,7 +522,7 @@ def evaluate(
         if customer:
             results += evaluate_customer_models(spec, customer)
         if "recs" in kinds:
-            from training.recs_train import evaluate_recommender
+            from patron.training.recs_train import evaluate_recommender
 
             results.append(evaluate_recommender(spec))
     except (WindowNotObservedError, RegistryError, ValueError) as exc:

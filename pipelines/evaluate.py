@@ -17,12 +17,12 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-from training import registry
-from training.churn import ChurnModel, classification_metrics, recency_baseline, rfm_logistic
-from training.data import load_lines
-from training.frames import labels
-from training.ltv import LTVModel, tier_table, value_metrics
-from training.train import TrainSpec, customer_frames
+from patron.training import registry
+from patron.training.churn import ChurnModel, classification_metrics, recency_baseline, rfm_logistic
+from patron.training.data import load_lines
+from patron.training.frames import labels
+from patron.training.ltv import LTVModel, tier_table, value_metrics
+from patron.training.train import TrainSpec, customer_frames
 
 log = logging.getLogger(__name__)
 

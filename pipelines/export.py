@@ -17,11 +17,11 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from training import registry
-from training.churn import ChurnModel
-from training.data import known_customers
-from training.ltv import LTVModel
-from training.train import TrainSpec, customer_frames
+from patron.training import registry
+from patron.training.churn import ChurnModel
+from patron.training.data import known_customers
+from patron.training.ltv import LTVModel
+from patron.training.train import TrainSpec, customer_frames
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ def export_customer_scores(spec: TrainSpec, out_dir: Path) -> ExportResult:
 def export_all(spec: TrainSpec, out_dir: Path) -> ExportResult:
     """All four files of the export contract; recommendation files come from the recommender."""
     result = export_customer_scores(spec, out_dir)
-    from training.recs_train import export_recommendations
+    from patron.training.recs_train import export_recommendations
 
     rec = export_recommendations(spec, out_dir)
     return ExportResult({**result.files, **rec.files}, {**result.versions, **rec.versions})

@@ -17,10 +17,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from features.compute import build_features, to_utc
-from features.ingest import OrderStore, ingest
-from features.store import apply_definitions, materialize, open_store
-from pipelines.settings import PatronSettings, StatePaths
+from patron.features.compute import build_features, to_utc
+from patron.features.ingest import OrderStore, ingest
+from patron.features.store import apply_definitions, materialize, open_store
+from patron.settings import PatronSettings, StatePaths
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ class Journal:
 def event_orders(paths: StatePaths) -> list[Path]:
     """The storefront's purchases as order files for ingestion: those not exported yet are written
     now; all files written so far are returned (ingestion skips the ones it has seen)."""
-    from features.events import EventLog
+    from patron.features.events import EventLog
 
     if paths.events_log.exists():
         log_ = EventLog(paths.events_log)
@@ -80,7 +80,7 @@ def run_pipeline(
     kinds: tuple[str, ...] = ("churn", "ltv", "recs"),
     on_step: Callable[[str, str], None] | None = None,
 ) -> PipelineResult:
-    from training.train import spec_for, train_customer_models
+    from patron.training.train import spec_for, train_customer_models
 
     paths = settings.paths()
     as_of = to_utc(as_of)
@@ -146,7 +146,7 @@ def run_pipeline(
     if "recs" in kinds:
 
         def recs() -> dict:
-            from training.recs_train import NoProductDetailError, train_recommender
+            from patron.training.recs_train import NoProductDetailError, train_recommender
 
             try:
                 return summary(train_recommender(spec))

@@ -25,7 +25,7 @@ import pandas as pd
 from scipy.stats import spearmanr
 from sklearn.metrics import roc_auc_score
 
-from features.ingest import find_files, read_raw
+from patron.features.ingest import find_files, read_raw
 
 EXPORT_FILES = ("churn.parquet", "ltv.parquet", "recommendations.parquet", "discovery.parquet")
 TIER_ORDER = ("platinum", "gold", "silver", "bronze")

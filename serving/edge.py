@@ -92,7 +92,7 @@ class Edge:
         self.app = app
         self.openapi = json.dumps(openapi).encode() if openapi is not None else None
         if keys is None:  # read when the server builds its app, never at import
-            from pipelines.settings import PatronSettings
+            from patron.settings import PatronSettings
 
             keys = PatronSettings().api_keys()
         self.scopes = dict(scopes)

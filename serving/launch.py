@@ -15,7 +15,7 @@ import urllib.request
 import uuid
 from collections.abc import Callable
 
-from pipelines.settings import REPO_ROOT, PatronSettings
+from patron.settings import REPO_ROOT, PatronSettings
 
 
 def server_env(settings: PatronSettings) -> dict[str, str]:
@@ -60,7 +60,7 @@ def wait_ready(base_url: str, proc: subprocess.Popen, timeout: float = 600.0) ->
 
 def run_server(settings: PatronSettings, host: str, port: int, on_ready: Callable[[str], None] | None = None) -> int:
     """Run `bentoml serve` in the foreground until it exits or this process is interrupted."""
-    cmd = [sys.executable, "-m", "bentoml", "serve", "serving.service:Patron", "--host", host, "--port", str(port),
+    cmd = [sys.executable, "-m", "bentoml", "serve", "patron.serving.service:Patron", "--host", host, "--port", str(port),
            "--working-dir", str(REPO_ROOT)]
     proc = subprocess.Popen(cmd, env=server_env(settings), start_new_session=True)
 
@@ -92,7 +92,7 @@ def _demo_customer(settings: PatronSettings) -> int:
     """The customer with the most orders: a profile worth showing."""
     import duckdb
 
-    from features.ingest import OrderStore
+    from patron.features.ingest import OrderStore
 
     parts = OrderStore(settings.paths().data).committed_parts()
     files = ", ".join("'" + str(p).replace("'", "''") + "'" for p in parts)

@@ -15,11 +15,11 @@ from dataclasses import replace
 import numpy as np
 import pandas as pd
 
-from features.events import Fresh, apply_purchases
-from serving import schemas as S
-from serving.runtime import Champions, CustomerFeatures, EventsUnavailable, FeaturesUnavailable, Runtime
-from training.churn import risk_band
-from training.recs import SOURCES
+from patron.features.events import Fresh, apply_purchases
+from patron.serving import schemas as S
+from patron.serving.runtime import Champions, CustomerFeatures, EventsUnavailable, FeaturesUnavailable, Runtime
+from patron.training.churn import risk_band
+from patron.training.recs import SOURCES
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from pydantic.json_schema import models_json_schema
 
-from serving.schemas import ENDPOINTS, ErrorResponse
+from patron.serving.schemas import ENDPOINTS, ErrorResponse
 
 REF = "#/components/schemas/{model}"
 ERRORS = {

@@ -24,17 +24,17 @@ import duckdb
 import numpy as np
 import pandas as pd
 
-from features.events import RECENT_VIEW, EventLog, Fresh, publish
-from features.ingest import OrderStore
-from pipelines.settings import PatronSettings
-from training import registry
-from training.base import ModelLoadError
-from training.churn import FEATURE_SERVICE as CHURN_SERVICE
-from training.churn import ChurnModel
-from training.customer import RAW
-from training.ltv import FEATURE_SERVICE as LTV_SERVICE
-from training.ltv import LTVModel
-from training.recs import Recommender
+from patron.features.events import RECENT_VIEW, EventLog, Fresh, publish
+from patron.features.ingest import OrderStore
+from patron.settings import PatronSettings
+from patron.training import registry
+from patron.training.base import ModelLoadError
+from patron.training.churn import FEATURE_SERVICE as CHURN_SERVICE
+from patron.training.churn import ChurnModel
+from patron.training.customer import RAW
+from patron.training.ltv import FEATURE_SERVICE as LTV_SERVICE
+from patron.training.ltv import LTVModel
+from patron.training.recs import Recommender
 
 log = logging.getLogger(__name__)
 
@@ -335,7 +335,7 @@ class Runtime:
     """The service's state: swapped whole on reload, read without locks by requests."""
 
     def __init__(self, settings: PatronSettings) -> None:
-        from features.store import open_store
+        from patron.features.store import open_store
 
         self.settings = settings
         paths = settings.paths()

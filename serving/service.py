@@ -28,11 +28,11 @@ import anyio
 import bentoml
 from starlette.responses import JSONResponse, Response
 
-from pipelines.settings import PatronSettings
-from serving import logic, openapi
-from serving import schemas as S
-from serving.edge import Edge, cancel_request_timers
-from serving.runtime import EventsUnavailable, FeaturesUnavailable, NotReady, Runtime
+from patron.settings import PatronSettings
+from patron.serving import logic, openapi
+from patron.serving import schemas as S
+from patron.serving.edge import Edge, cancel_request_timers
+from patron.serving.runtime import EventsUnavailable, FeaturesUnavailable, NotReady, Runtime
 
 log = logging.getLogger(__name__)
 

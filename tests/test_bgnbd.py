@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from scipy import integrate, stats
 
-from training.bgnbd import BetaGeoModel, GammaGammaModel, customer_lifetime_value, rfm_summary
+from patron.training.bgnbd import BetaGeoModel, GammaGammaModel, customer_lifetime_value, rfm_summary
 
 CDNOW = Path(__file__).resolve().parent / "data" / "cdnow" / "cdnow_customers_summary_with_transactions.csv"
 UTC = dt.timezone.utc

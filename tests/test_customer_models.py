@@ -10,10 +10,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from training.base import ModelCard, ModelLoadError
-from training.churn import ChurnModel, classification_metrics, risk_band
-from training.frames import TooLittleHistoryError, labels, plan_snapshots, population
-from training.ltv import LTVModel, assign_tier, tier_cutoffs, tier_table, value_metrics
+from patron.training.base import ModelCard, ModelLoadError
+from patron.training.churn import ChurnModel, classification_metrics, risk_band
+from patron.training.frames import TooLittleHistoryError, labels, plan_snapshots, population
+from patron.training.ltv import LTVModel, assign_tier, tier_cutoffs, tier_table, value_metrics
 
 UTC = dt.timezone.utc
 
@@ -207,7 +207,7 @@ def test_labels_count_only_the_window() -> None:
 
 def test_the_fast_scorers_give_scikit_learns_numbers() -> None:
     """The request path scores with plain arrays; they must agree with the fitted estimators."""
-    from training.customer import log_features, tree_features, with_history
+    from patron.training.customer import log_features, tree_features, with_history
 
     test = cohorts(seed=11)
     churn = fitted_churn()

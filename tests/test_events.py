@@ -15,9 +15,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from features.events import EventLog, Fresh, apply_purchases, publish
-from pipelines.settings import StatePaths
-from features.ingest import ingest
+from patron.features.events import EventLog, Fresh, apply_purchases, publish
+from patron.settings import StatePaths
+from patron.features.ingest import ingest
 from tests.conftest import write_raw
 
 T0 = dt.datetime(2011, 7, 1, 10, 0, tzinfo=dt.timezone.utc)
@@ -93,7 +93,7 @@ def test_an_event_id_counts_once_within_and_across_batches(elog: EventLog) -> No
 def test_an_appended_event_survives_a_sigkill_right_after_the_append(tmp_path: Path) -> None:
     script = textwrap.dedent(f"""
         import os, signal
-        from features.events import EventLog
+        from patron.features.events import EventLog
         log = EventLog({str(events_path(tmp_path))!r})
         r = log.append([{ev("durable")!r}])
         assert r.verdicts[0].status == "accepted"
@@ -159,8 +159,8 @@ def test_a_failed_push_keeps_the_customers_pending(elog: EventLog) -> None:
 
 @pytest.mark.parametrize("backend", ["sqlite", "redis"])
 def test_published_state_reads_back_from_the_feast_online_store(tmp_path: Path, backend: str, request) -> None:
-    from features.store import apply_definitions, open_store
-    from serving.runtime import RecentEvents
+    from patron.features.store import apply_definitions, open_store
+    from patron.serving.runtime import RecentEvents
 
     url = request.getfixturevalue("redis_url") if backend == "redis" else "redis://127.0.0.1:6379/0"
     store = open_store(tmp_path / "feature_store", backend, url)
@@ -247,7 +247,7 @@ def test_purchases_go_back_to_training_once_even_when_the_shop_exports_the_order
 
 
 def test_the_pipeline_takes_the_event_purchases_in(tmp_path: Path) -> None:
-    from pipelines.pipeline import event_orders
+    from patron.pipelines.pipeline import event_orders
 
     paths = StatePaths.for_home(tmp_path)
     assert event_orders(paths) == []  # no event log: nothing to add
@@ -260,10 +260,10 @@ def test_the_pipeline_takes_the_event_purchases_in(tmp_path: Path) -> None:
 
 
 def test_a_pipeline_run_counts_the_stored_purchases_as_orders(tmp_path: Path) -> None:
-    from features.synth import generate
-    from pipelines.pipeline import run_pipeline
-    from pipelines.settings import PatronSettings
-    from training.data import load_lines
+    from patron_synth.shop import generate
+    from patron.pipelines.pipeline import run_pipeline
+    from patron.settings import PatronSettings
+    from patron.training.data import load_lines
 
     shop = tmp_path / "shop"
     generate(shop, customers=60, products=30, days=60, start=dt.date(2023, 1, 2), seed=3)
@@ -295,9 +295,9 @@ def test_a_log_that_cannot_be_written_is_a_503_not_a_500(tmp_path: Path) -> None
     import sqlite3
     from types import SimpleNamespace
 
-    from serving import logic
-    from serving import schemas as S
-    from serving.runtime import EventsUnavailable
+    from patron.serving import logic
+    from patron.serving import schemas as S
+    from patron.serving.runtime import EventsUnavailable
 
     class Full(EventLog):
         def append(self, raw_events, now=None):

@@ -10,10 +10,10 @@ import pandas as pd
 import pytest
 import redis
 
-from features.compute import build_features
-from features.ingest import ingest
-from features.store import apply_definitions, historical_features, materialize, online_customer_features, open_store, redis_connection_string
-from features.repo.feature_services import CUSTOMER_BEHAVIOUR
+from patron.features.compute import build_features
+from patron.features.ingest import ingest
+from patron.features.store import apply_definitions, historical_features, materialize, online_customer_features, open_store, redis_connection_string
+from patron.features.repo.feature_services import CUSTOMER_BEHAVIOUR
 from tests.conftest import SHIPPED
 
 AS_OF = dt.date(2011, 3, 1)
@@ -88,7 +88,7 @@ def test_redis_url_becomes_a_feast_connection_string() -> None:
 
 
 def test_the_lean_sqlite_reader_returns_what_feasts_own_reader_returns(built_home: Path) -> None:
-    """The service reads through features.online_sqlite; it must agree with Feast's SQLite reader
+    """The service reads through patron.features.online_sqlite; it must agree with Feast's SQLite reader
     on values, timestamps, unknown entities and a subset of the features."""
     from feast.infra.online_stores.sqlite import SqliteOnlineStore
     from feast.protos.feast.types.EntityKey_pb2 import EntityKey

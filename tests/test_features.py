@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from features.compute import build_features, snapshot_grid, to_utc
-from features.ingest import ingest
+from patron.features.compute import build_features, snapshot_grid, to_utc
+from patron.features.ingest import ingest
 from tests.conftest import line, write_raw
 
 UTC = dt.timezone.utc

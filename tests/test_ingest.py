@@ -11,8 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from features import ingest as ing
-from features.ingest import OrderStore, SchemaError, UnreadableFileError, ingest, read_quarantine
+from patron.features import ingest as ing
+from patron.features.ingest import OrderStore, SchemaError, UnreadableFileError, ingest, read_quarantine
 from tests.conftest import SHIPPED, line, write_raw
 
 DAY1 = [
@@ -98,7 +98,7 @@ def test_a_line_is_the_same_line_whatever_the_text_of_its_numbers(tmp_path: Path
 def test_a_store_with_older_line_ids_is_migrated_on_the_next_ingest(tmp_path: Path, home: Path) -> None:
     import pyarrow as pa
 
-    from features.ingest import LINE_IDENTITY, OrderStore
+    from patron.features.ingest import LINE_IDENTITY, OrderStore
 
     ingest([write_raw(tmp_path / "a.csv", DAY1)], home / "data")
     store = OrderStore(home / "data")
@@ -221,7 +221,7 @@ def test_windows_1252_export_is_decoded(tmp_path: Path, home: Path) -> None:
 
 
 def test_cli_ingest_json_on_the_shipped_data(home: Path) -> None:
-    from pipelines.cli import app
+    from patron.pipelines.cli import app
 
     runner = CliRunner()
     env = {"PATRON_HOME": str(home)}
@@ -237,7 +237,7 @@ def test_cli_ingest_json_on_the_shipped_data(home: Path) -> None:
 
 
 def test_cli_reports_a_bad_file_without_a_traceback(tmp_path: Path, home: Path) -> None:
-    from pipelines.cli import app
+    from patron.pipelines.cli import app
 
     bad = write_raw(tmp_path / "bad.csv", [r[:7] for r in DAY1], header=["InvoiceNo", "StockCode", "Description", "Quantity", "InvoiceDate", "UnitPrice", "Country"])
     res = CliRunner().invoke(app, ["ingest", "--source", str(bad)], env={"PATRON_HOME": str(home)})
@@ -260,7 +260,7 @@ def test_exports_without_product_columns_are_read_as_unknown_products(tmp_path: 
 def test_known_customers_include_those_whose_only_order_was_quarantined(tmp_path: Path, home: Path) -> None:
     import datetime as dt
 
-    from training.data import known_customers
+    from patron.training.data import known_customers
 
     ingest([write_raw(tmp_path / "2010-12-01.csv", DAY1 + [line("536400", "22960", 74215, "2010-12-01 09:00:00", 1.04, cust="12346.0")])],
            home / "data")
@@ -311,7 +311,7 @@ def test_a_binary_file_is_refused_and_changes_nothing(tmp_path: Path, home: Path
 def test_the_state_directory_is_private(tmp_path: Path, home: Path) -> None:
     """Customer data: what `patron` writes is readable by its user only."""
     f = write_raw(tmp_path / "2010-12-01.csv", DAY1)
-    res = CliRunner().invoke(__import__("pipelines.cli", fromlist=["app"]).app, ["ingest", "--source", str(f), "--home", str(home)])
+    res = CliRunner().invoke(__import__("patron.pipelines.cli", fromlist=["app"]).app, ["ingest", "--source", str(f), "--home", str(home)])
     assert res.exit_code == 0, res.output
     created = [p for p in home.rglob("*")]
     assert created and all(p.stat().st_mode & 0o077 == 0 for p in created), [oct(p.stat().st_mode) for p in created][:5]

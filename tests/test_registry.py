@@ -8,9 +8,9 @@ import mlflow
 import pytest
 
 from tests.test_customer_models import card, cohorts, fitted_churn
-from training.train import INPUT_COLUMNS
-from training import registry
-from training.churn import ChurnModel, classification_metrics
+from patron.training.train import INPUT_COLUMNS
+from patron.training import registry
+from patron.training.churn import ChurnModel, classification_metrics
 
 
 @pytest.fixture

@@ -20,8 +20,8 @@ import pyarrow.parquet as pq
 import pytest
 import redis
 
-from features.ingest import OrderStore, ingest
-from features.synth import generate
+from patron.features.ingest import OrderStore, ingest
+from patron_synth.shop import generate
 from tests.conftest import AS_OF, KEYS, Server, free_port
 
 REPO = Path(__file__).resolve().parents[1]
@@ -34,8 +34,8 @@ def run_pipeline_process(home: Path, shop: Path, crash_at: str | None) -> subpro
     """The retraining pipeline in its own process (churn only: the crash points are the same for all)."""
     code = (
         "import datetime as dt, pathlib\n"
-        "from pipelines.pipeline import run_pipeline\n"
-        "from pipelines.settings import PatronSettings\n"
+        "from patron.pipelines.pipeline import run_pipeline\n"
+        "from patron.settings import PatronSettings\n"
         f"run_pipeline(PatronSettings(home=pathlib.Path({str(home)!r})), [pathlib.Path({str(shop)!r})], "
         "dt.date(2023, 5, 1), 28, kinds=('churn',))\n"
     )
@@ -72,8 +72,8 @@ def test_a_pipeline_killed_in_ingest_materialisation_and_registration_loses_and_
     champion = client.get_model_version_by_alias("churn", "champion")
     orphan = [v for v in versions if v.version != champion.version][0]
     assert not orphan.aliases  # no alias ever points at the version whose registration was cut short
-    from training import registry
-    from training.churn import ChurnModel
+    from patron.training import registry
+    from patron.training.churn import ChurnModel
 
     registry.configure(home / "mlruns")
     try:
@@ -116,7 +116,7 @@ class PrivateRedis:
 
 @pytest.fixture(scope="module")
 def redis_server(trained_home: Path):
-    from features.store import apply_definitions, materialize, open_store
+    from patron.features.store import apply_definitions, materialize, open_store
 
     if shutil.which("redis-server") is None:
         pytest.fail("redis-server is not installed: the Redis fault tests need a real server")
@@ -132,7 +132,7 @@ def redis_server(trained_home: Path):
 
 
 def known_customer(home: Path) -> int:
-    from training.data import load_lines
+    from patron.training.data import load_lines
 
     return int(load_lines(home / "data", end=AS_OF)["customer_id"].value_counts().index[0])
 
@@ -190,8 +190,8 @@ def test_when_redis_goes_away_the_service_degrades_and_recovers_by_itself(traine
 
 def register_variant(home: Path, kind: str, change) -> str:
     """A new registered version of the current champion's model directory, altered by ``change``."""
-    from training import registry
-    from training.train import INPUT_COLUMNS
+    from patron.training import registry
+    from patron.training.train import INPUT_COLUMNS
 
     registry.configure(home / "mlruns")
     with tempfile.TemporaryDirectory() as tmp:
@@ -206,7 +206,7 @@ def register_variant(home: Path, kind: str, change) -> str:
 
 
 def test_a_champion_that_cannot_be_served_is_refused_and_the_old_one_keeps_serving(trained_home: Path) -> None:
-    from training import registry
+    from patron.training import registry
 
     registry.configure(trained_home / "mlruns")
     good = registry.champion_version(mlflow.MlflowClient(), "churn")

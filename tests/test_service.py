@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import AS_OF, KEYS, Server
-from training.data import load_lines
+from patron.training.data import load_lines
 
 @pytest.fixture(scope="module")
 def server(trained_home: Path):
@@ -154,7 +154,7 @@ def test_bad_input_gets_a_4xx_that_names_the_problem(server: Server, path, paylo
 def test_oversized_bodies_are_refused(server: Server) -> None:
     import http.client
 
-    from serving.edge import MAX_BODY
+    from patron.serving.edge import MAX_BODY
 
     # announced too long: refused before the body is read (the client may still be sending it)
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
@@ -187,7 +187,7 @@ def test_fuzzing_the_openapi_document_finds_no_server_error(server: Server, mode
     from hypothesis import HealthCheck, given, settings
     from schemathesis import GenerationMode
 
-    from serving.schemas import SCOPES
+    from patron.serving.schemas import SCOPES
 
     schema = schemathesis.openapi.from_url(f"{server.base}/docs.json")
     operations = [r.ok() for r in schema.get_all_operations()]
@@ -297,8 +297,8 @@ def test_a_bad_event_is_refused_alone_and_a_session_attaches_at_login(server: Se
 
 
 def test_an_acknowledged_event_survives_killing_the_service(trained_home: Path, bought) -> None:
-    from features.events import EventLog
-    from pipelines.settings import StatePaths
+    from patron.features.events import EventLog
+    from patron.settings import StatePaths
 
     c, d = a_shopper(bought, 2), a_shopper(bought, 3)
     first = Server(trained_home)
@@ -343,7 +343,7 @@ def test_the_request_timeout_lets_go_of_its_timer_once_answered() -> None:
 
     from bentoml._internal.server.http.traffic import TimeoutMiddleware
 
-    from serving.edge import cancel_request_timers
+    from patron.serving.edge import cancel_request_timers
 
     cancel_request_timers()
 
@@ -379,7 +379,7 @@ def test_the_published_item_pattern_and_the_validation_agree(text: str, valid: b
 
     from pydantic import ValidationError
 
-    from serving.schemas import SimilarItemsRequest
+    from patron.serving.schemas import SimilarItemsRequest
 
     published = SimilarItemsRequest.model_json_schema()["properties"]["item_id"]["pattern"]
     try:

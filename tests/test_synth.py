@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from features.synth import CLASSES, COUNTRIES, HEADER, SynthSummary, catalogue, generate, product_cluster
+from patron_synth.shop import CLASSES, COUNTRIES, HEADER, SynthSummary, catalogue, generate, product_cluster
 
 HEADER_LINE = "InvoiceNo,StockCode,Description,Quantity,InvoiceDate,UnitPrice,CustomerID,Country"
 NON_PRODUCT = {"POST": "POSTAGE", "M": "Manual", "BANK CHARGES": "Bank Charges", "AMAZONFEE": "AMAZON FEE"}

@@ -29,8 +29,8 @@ from sklearn.metrics import brier_score_loss, log_loss, roc_auc_score
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from training.base import ModelCard, ModelLoadError, load_estimator, save_estimator
-from training.customer import (
+from patron.training.base import ModelCard, ModelLoadError, load_estimator, save_estimator
+from patron.training.customer import (
     LOG,
     RAW,
     TREE,

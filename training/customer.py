@@ -25,9 +25,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from features.repo.feature_services import CUSTOMER_BEHAVIOUR
-from training import bgnbd
-from training.base import ModelLoadError
+from patron.features.repo.feature_services import CUSTOMER_BEHAVIOUR
+from patron.training import bgnbd
+from patron.training.base import ModelLoadError
 
 log = logging.getLogger(__name__)
 
@@ -233,7 +233,7 @@ class CalibratedTrees:
     as a :class:`~training.trees.TreeEnsemble` and the isotonic map of its raw scores."""
 
     def __init__(self, calibrated) -> None:
-        from training.trees import TreeEnsemble
+        from patron.training.trees import TreeEnsemble
 
         (inner,) = calibrated.calibrated_classifiers_
         self.trees = TreeEnsemble.from_sklearn(inner.estimator)

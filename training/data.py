@@ -16,8 +16,8 @@ import duckdb
 import numpy as np
 import pandas as pd
 
-from features.compute import to_utc
-from features.ingest import DATE_FORMATS, OrderStore
+from patron.features.compute import to_utc
+from patron.features.ingest import DATE_FORMATS, OrderStore
 
 VALID_PURCHASE_SQL = (
     "customer_id IS NOT NULL AND quantity > 0 AND unit_price > 0 "

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from features.compute import to_utc
+from patron.features.compute import to_utc
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +114,7 @@ def build_frame(
     with_labels: bool = True,
 ) -> pd.DataFrame:
     """One row per (customer, snapshot): Feast features of ``service``, past spend, labels."""
-    from features.store import historical_features
+    from patron.features.store import historical_features
 
     pieces = []
     entity_rows = []

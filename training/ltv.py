@@ -31,10 +31,10 @@ from sklearn.linear_model import Ridge
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from training.base import ModelCard, ModelLoadError, load_estimator, save_estimator
-from training.churn import SIGNS, by_snapshot, fit_signed_logistic
-from training.trees import TreeEnsemble
-from training.customer import (
+from patron.training.base import ModelCard, ModelLoadError, load_estimator, save_estimator
+from patron.training.churn import SIGNS, by_snapshot, fit_signed_logistic
+from patron.training.trees import TreeEnsemble
+from patron.training.customer import (
     LOG,
     RAW,
     TREE,

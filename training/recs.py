@@ -34,8 +34,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from training.trees import TreeEnsemble
-from training.recs_baselines import (
+from patron.training.trees import TreeEnsemble
+from patron.training.recs_baselines import (
     _REGISTRY,
     ARRAYS_FILE,
     BASELINES,
@@ -848,7 +848,7 @@ class Recommender(RecommenderBase):
                              for name in ("repeat", "discovery") if f"pre_{name}_items" in arrays}
         model.fit_info = meta.get("fit_info", {})
         if (directory / SESSION_DIR).is_dir():
-            from training.session import SessionModel
+            from patron.training.session import SessionModel
 
             model.set_session(SessionModel.load(directory / SESSION_DIR))
         return model

@@ -35,9 +35,9 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from training.formats import check_format
+from patron.training.formats import check_format
 
-from features.compute import to_utc
+from patron.features.compute import to_utc
 
 FORMAT_NAME = "patron-recs"
 FORMAT_VERSION = 1

@@ -24,7 +24,7 @@ from collections.abc import Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from features.compute import to_utc
+from patron.features.compute import to_utc
 
 Truth = Mapping[int, frozenset]
 

@@ -21,12 +21,12 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from training import plots, registry
-from training.data import known_customers, load_lines
-from training.recs import Recommender
-from training.recs_baselines import BASELINES
-from training.recs_eval import evaluate, evaluate_model, ground_truth, population, seen_items
-from training.train import TrainResult, TrainSpec, _card
+from patron.training import plots, registry
+from patron.training.data import known_customers, load_lines
+from patron.training.recs import Recommender
+from patron.training.recs_baselines import BASELINES
+from patron.training.recs_eval import evaluate, evaluate_model, ground_truth, population, seen_items
+from patron.training.train import TrainResult, TrainSpec, _card
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +119,7 @@ def train_recommender(spec: TrainSpec) -> TrainResult:
 
 def _attach_session_model(model: Recommender, spec: TrainSpec, notes: list[str]) -> None:
     """Fit the basket-completion model on every basket before as_of (guests' too) and attach it."""
-    from training.session import SessionModel
+    from patron.training.session import SessionModel
 
     baskets = load_lines(spec.data_dir, end=spec.as_of, valid_only=False,
                          columns=("customer_id", "invoice_no", "item_id", "quantity", "unit_price", "amount", "invoice_ts", "line_class"))

@@ -23,7 +23,7 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 
-from features.faults import crash_point
+from patron.faults import crash_point
 
 log = logging.getLogger(__name__)
 

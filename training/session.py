@@ -33,7 +33,7 @@ from typing import Any, Self
 import numpy as np
 import pandas as pd
 
-from training.formats import check_format
+from patron.training.formats import check_format
 
 log = logging.getLogger(__name__)
 

@@ -20,16 +20,16 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-from features.compute import to_utc
-from training import plots, registry
-from training.base import ModelCard
-from training.churn import FEATURE_SERVICE as CHURN_SERVICE
-from training.churn import ChurnModel, classification_metrics, recency_baseline, rfm_logistic
-from training.customer import RAW
-from training.data import load_lines
-from training.frames import SnapshotPlan, TooLittleHistoryError, build_frame, plan_snapshots
-from training.ltv import FEATURE_SERVICE as LTV_SERVICE
-from training.ltv import LTVModel, tier_table, value_metrics
+from patron.features.compute import to_utc
+from patron.training import plots, registry
+from patron.training.base import ModelCard
+from patron.training.churn import FEATURE_SERVICE as CHURN_SERVICE
+from patron.training.churn import ChurnModel, classification_metrics, recency_baseline, rfm_logistic
+from patron.training.customer import RAW
+from patron.training.data import load_lines
+from patron.training.frames import SnapshotPlan, TooLittleHistoryError, build_frame, plan_snapshots
+from patron.training.ltv import FEATURE_SERVICE as LTV_SERVICE
+from patron.training.ltv import LTVModel, tier_table, value_metrics
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ def _card(kind: str, service: str, spec: TrainSpec, plan: SnapshotPlan | None, n
 
 
 def _store(spec: TrainSpec):
-    from features.store import latest_snapshot, open_store
+    from patron.features.store import latest_snapshot, open_store
 
     snap = latest_snapshot(spec.feature_repo, spec.as_of)
     if snap != spec.as_of:

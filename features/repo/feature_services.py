@@ -6,7 +6,7 @@ service is not the one the store provides.
 
 from feast import FeatureService
 
-from features.repo.feature_views import customer_features, product_features
+from patron.features.repo.feature_views import customer_features, product_features
 
 CUSTOMER_BEHAVIOUR = [
     "recency_days",

@@ -5,8 +5,8 @@ from datetime import timedelta
 from feast import FeatureView, Field
 from feast.types import Array, Float64, Int64, String
 
-from features.repo.data_sources import customer_events_push, customer_source, product_source
-from features.repo.entities import customer, product
+from patron.features.repo.data_sources import customer_events_push, customer_source, product_source
+from patron.features.repo.entities import customer, product
 
 # Snapshots are weekly; a 35-day TTL tolerates a missed rebuild or two but never serves a
 # customer's features from a season ago as if they were current.

@@ -2,6 +2,6 @@
 
 import mlflow
 
-from training.pyfunc import ChurnPyfunc
+from patron.training.pyfunc import ChurnPyfunc
 
 mlflow.models.set_model(ChurnPyfunc())

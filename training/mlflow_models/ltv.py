@@ -2,6 +2,6 @@
 
 import mlflow
 
-from training.pyfunc import LTVPyfunc
+from patron.training.pyfunc import LTVPyfunc
 
 mlflow.models.set_model(LTVPyfunc())

@@ -2,6 +2,6 @@
 
 import mlflow
 
-from training.pyfunc import RecsPyfunc
+from patron.training.pyfunc import RecsPyfunc
 
 mlflow.models.set_model(RecsPyfunc())
