@@ -17,9 +17,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import duckdb
-
+from patron import duck
 from patron.features.ingest import OrderStore
+from patron.rules import PRODUCT_SALE_SQL, VALID_PURCHASE_SQL
+from patron.times import to_utc
 
 log = logging.getLogger(__name__)
 
@@ -43,13 +44,6 @@ class FeatureBuild:
     last_order: dt.datetime
 
 
-def to_utc(day: dt.date | dt.datetime) -> dt.datetime:
-    """Dates mean midnight UTC; the shop's naive local times are stored as UTC throughout."""
-    if isinstance(day, dt.datetime):
-        return day if day.tzinfo else day.replace(tzinfo=dt.timezone.utc)
-    return dt.datetime(day.year, day.month, day.day, tzinfo=dt.timezone.utc)
-
-
 def snapshot_grid(first_order: dt.datetime, as_of: dt.datetime, every_days: int) -> list[dt.datetime]:
     """Snapshots every ``every_days`` days ending exactly at ``as_of``, none before the first order."""
     if every_days < 1:
@@ -60,26 +54,6 @@ def snapshot_grid(first_order: dt.datetime, as_of: dt.datetime, every_days: int)
         out.append(t)
         t -= dt.timedelta(days=every_days)
     return sorted(out)
-
-
-def _connect(memory_limit: str | None, temp_dir: Path) -> duckdb.DuckDBPyConnection:
-    con = duckdb.connect()
-    con.execute("SET TimeZone = 'UTC'")
-    con.execute("SET preserve_insertion_order = false")  # lets large aggregations stream
-    # Past the limit DuckDB spills joins and aggregations to disk instead of growing.
-    con.execute(f"SET temp_directory = {_sql_path(temp_dir)}")
-    if memory_limit:
-        con.execute(f"SET memory_limit = '{memory_limit}'")
-    return con
-
-
-def _sql_path(p: Path) -> str:
-    return "'" + str(p).replace("'", "''") + "'"
-
-
-def _lines_view(con: duckdb.DuckDBPyConnection, parts: Sequence[Path]) -> None:
-    files = ", ".join("'" + str(p).replace("'", "''") + "'" for p in parts)
-    con.execute(f"CREATE OR REPLACE VIEW lines AS SELECT * FROM read_parquet([{files}])")
 
 
 CUSTOMER_SQL = """
@@ -95,8 +69,7 @@ orders AS (
            arg_max(country, invoice_ts) FILTER (WHERE country IS NOT NULL AND country <> '') AS country
     FROM lines
     -- the same "valid purchase" as labels and evaluation: paid service lines (postage) count too
-    WHERE line_class IN ('sale', 'non_product') AND customer_id IS NOT NULL AND quantity > 0 AND unit_price > 0
-      AND NOT starts_with(invoice_no, 'C') AND invoice_ts < $as_of
+    WHERE {valid_purchase} AND invoice_ts < $as_of
     GROUP BY customer_id, invoice_no
 ),
 -- the export's first day: a customer first seen in its first four weeks may be much older than
@@ -212,7 +185,7 @@ JOIN first_days fd ON a.customer_id = fd.customer_id
 LEFT JOIN ret r ON a.customer_id = r.customer_id AND a.t = r.t
 ASOF LEFT JOIN distinct_products d ON a.customer_id = d.customer_id AND a.t >= d.t
 ORDER BY customer_id, event_timestamp
-"""
+""".replace("{valid_purchase}", VALID_PURCHASE_SQL)
 
 PRODUCT_SQL = """
 WITH
@@ -220,7 +193,7 @@ WITH
 sold AS (
     SELECT item_id, customer_id, invoice_ts AS ts, date_trunc('day', invoice_ts) AS d, quantity, amount, description
     FROM lines
-    WHERE line_class IN ('sale', 'guest') AND item_id IS NOT NULL AND quantity > 0 AND invoice_ts < $as_of
+    WHERE {product_sale} AND invoice_ts < $as_of
 ),
 item_day AS (
     SELECT item_id, d, sum(quantity) AS units, count(*) AS n_lines, sum(amount) AS revenue, max(ts) AS last_ts
@@ -294,7 +267,7 @@ FROM agg a
 LEFT JOIN buyers b USING (item_id, t)
 LEFT JOIN names n USING (item_id)
 ORDER BY item_id, event_timestamp
-"""
+""".replace("{product_sale}", PRODUCT_SALE_SQL)
 
 
 def build_features(
@@ -308,12 +281,13 @@ def build_features(
 ) -> FeatureBuild:
     """Compute both feature tables for every snapshot up to ``as_of`` and replace them atomically."""
     as_of_ts = to_utc(as_of)
-    parts = OrderStore(data_dir).committed_parts("order_lines")
-    if not parts:
+    lines = OrderStore(data_dir).scan()
+    if lines is None:
         raise NoDataError(f"no order lines under {data_dir}: run `patron ingest --source ...` first")
     out_dir.mkdir(parents=True, exist_ok=True)
-    con = _connect(memory_limit, out_dir / ".duckdb_tmp")
-    _lines_view(con, parts)
+    # Past the limit DuckDB spills joins and aggregations to disk instead of growing.
+    con = duck.connect(memory_limit=memory_limit, temp_dir=out_dir / ".duckdb_tmp")
+    con.execute(f"CREATE OR REPLACE VIEW lines AS SELECT * FROM {lines}")
     first, last = con.execute(
         "SELECT min(invoice_ts), max(invoice_ts) FROM lines WHERE line_class = 'sale' AND invoice_ts < $as_of",
         {"as_of": as_of_ts},
@@ -329,9 +303,9 @@ def build_features(
     for name, sql in ((CUSTOMER_FEATURES_FILE, CUSTOMER_SQL), (PRODUCT_FEATURES_FILE, PRODUCT_SQL)):
         dest = out_dir / name
         tmp = out_dir / f".{name}.tmp"
-        con.execute(f"COPY ({sql}) TO '{tmp}' (FORMAT parquet, COMPRESSION zstd)", params)
+        con.execute(f"COPY ({sql}) TO {duck.quote(tmp)} (FORMAT parquet, COMPRESSION zstd)", params)
         os.replace(tmp, dest)  # readers see the old table or the new one, never half of one
-        counts[name] = con.execute(f"SELECT count(*) FROM read_parquet('{dest}')").fetchone()[0]
+        counts[name] = con.execute(f"SELECT count(*) FROM {duck.scan([dest])}").fetchone()[0]
         log.info("wrote %s rows to %s", counts[name], dest)
     return FeatureBuild(
         as_of=as_of_ts,

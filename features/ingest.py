@@ -38,12 +38,13 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from patron import duck
 from patron.faults import crash_point
+from patron.rules import CANCELLATION_PREFIX, LINE_CLASSES, non_product_sql
 
 log = logging.getLogger(__name__)
 
@@ -61,28 +62,7 @@ RAW_COLUMNS: tuple[str, ...] = (
 # columns may be absent (read as empty), and a line with an empty StockCode is a purchase of an
 # unknown product (item_id NULL), which the customer models use and the recommender skips.
 OPTIONAL_COLUMNS: tuple[str, ...] = ("StockCode", "Description", "Country")
-CLASSES: tuple[str, ...] = ("sale", "return", "guest", "non_product", "invalid")
 SUFFIXES: tuple[str, ...] = (".csv", ".csv.gz", ".parquet")
-
-# Service lines that appear in order exports but are not products a shopper chose.
-NON_PRODUCT_CODES: frozenset[str] = frozenset(
-    {
-        "POST",  # postage
-        "DOT",  # dotcom postage
-        "C2",  # carriage
-        "M",  # manual entry
-        "D",  # discount
-        "S",  # samples
-        "B",  # bad-debt adjustment
-        "CRUK",  # charity commission
-        "PADS",  # zero-value filler line
-        "BANK CHARGES",
-        "AMAZONFEE",
-        "ADJUST",
-        "ADJUST2",
-    }
-)
-NON_PRODUCT_PREFIXES: tuple[str, ...] = ("GIFT_",)  # gift vouchers
 
 # Spreadsheet formula injection: a text cell starting like this would run in the CRM's spreadsheet.
 _FORMULA_RE = re.compile(r"^[=+@\t\r]|^-[^0-9.\s]")
@@ -153,7 +133,7 @@ class FileReport:
 class IngestReport:
     rows_in: int = 0
     rows_written: int = 0
-    classes: dict[str, int] = field(default_factory=lambda: {c: 0 for c in CLASSES})
+    classes: dict[str, int] = field(default_factory=lambda: {c: 0 for c in LINE_CLASSES})
     quarantined: int = 0
     files: list[FileReport] = field(default_factory=list)
 
@@ -406,10 +386,6 @@ class Classified:
     classes: dict[str, dict[str, int]]  # per source file
 
 
-def _sql_str(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
-
-
 def _quoted(col: str) -> str:
     """SQL for: the column's raw text, quoted the way Python's repr would, cut at 40 characters."""
     return "'" + col + " ''' || left(trim(" + col + "), 40) || ''''"
@@ -431,8 +407,8 @@ WITH t AS (
 ),
 f AS (
     SELECT *,
-        (list_contains($non_product, stock) OR {prefix_test}) AS is_non_product,
-        starts_with(invoice, 'C') AS is_cancel,
+        {non_product} AS is_non_product,
+        starts_with(invoice, {cancellation}) AS is_cancel,
         coalesce(qty_f, 0) AS qty
     FROM t
 ),
@@ -506,9 +482,10 @@ def classify(raw: RawFrame, *, max_abs_quantity: int, now: dt.datetime | None = 
     """
     now = now or dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
     sql = _CLASSIFY_SQL.format(
-        prefix_test=" OR ".join(f"starts_with(stock, {_sql_str(p)})" for p in NON_PRODUCT_PREFIXES) or "false",
+        non_product=non_product_sql("stock"),
+        cancellation=duck.quote(CANCELLATION_PREFIX),
         formula_cases="\n        ".join(
-            f"WHEN regexp_matches(trim({c}), {_sql_str(_FORMULA_RE.pattern)}) THEN '{c} looks like a spreadsheet formula'"
+            f"WHEN regexp_matches(trim({c}), {duck.quote(_FORMULA_RE.pattern)}) THEN '{c} looks like a spreadsheet formula'"
             for c in ("InvoiceNo", "StockCode", "Description", "Country", "CustomerID")
         ),
         q_qty=_quoted("Quantity"),
@@ -518,14 +495,12 @@ def classify(raw: RawFrame, *, max_abs_quantity: int, now: dt.datetime | None = 
     )
     params = {
         "formats": list(DATE_FORMATS),
-        "non_product": sorted(NON_PRODUCT_CODES),
         "earliest": _EARLIEST,
         "latest": now + dt.timedelta(days=1),
         "max_qty": max_abs_quantity,
     }
-    con = duckdb.connect()
+    con = duck.connect()
     try:
-        con.execute("SET TimeZone = 'UTC'")
         con.register("raw", raw.frame)
         con.execute(f"CREATE TEMP TABLE c AS {sql}", params)
         canon = con.sql(
@@ -552,7 +527,7 @@ def classify(raw: RawFrame, *, max_abs_quantity: int, now: dt.datetime | None = 
     quarantine["ingested_at"] = pd.Timestamp.now(tz="UTC")
 
     files = set(raw.frame.column("source_file").to_pylist()) | set(raw.broken["source_file"])
-    classes = {f: {c: 0 for c in CLASSES} for f in files}
+    classes = {f: {c: 0 for c in LINE_CLASSES} for f in files}
     for f, c, k in counts:
         classes[f][c] += int(k)
     for f, k in raw.broken["source_file"].value_counts().items():
@@ -629,6 +604,12 @@ class OrderStore:
             rows = con.execute("select path from parts where kind = ? order by day, path", (kind,)).fetchall()
         return [self.data_dir / r[0] for r in rows]
 
+    def scan(self, kind: str = "order_lines") -> str | None:
+        """A DuckDB relation (for a FROM clause) over the committed parts of ``kind``, or None when
+        nothing is committed yet: the one way every reader names the canonical files."""
+        parts = self.committed_parts(kind)
+        return duck.scan(parts) if parts else None
+
     def file_record(self, sha256: str) -> dict | None:
         with self._connect() as con:
             row = con.execute(
@@ -677,10 +658,9 @@ class OrderStore:
         if by_file:
             log.warning("migrating the line ids of %d ingested file(s) to line identity %d", len(by_file), LINE_IDENTITY)
         names = CANONICAL_SCHEMA.names
-        with duckdb.connect() as duck:
-            duck.execute("SET TimeZone = 'UTC'")
+        with duck.connect() as con:
             for files in by_file.values():
-                table = duck.execute(_STORED_LINE_ID_SQL, {"files": [str(f) for f in files]}).to_arrow_table()
+                table = con.sql(_STORED_LINE_ID_SQL, params={"files": [str(f) for f in files]}).to_arrow_table()
                 for f in files:
                     part = table.filter(pc.equal(table.column("filename"), str(f))).select(names).cast(CANONICAL_SCHEMA)
                     tmp = f.with_name(f".{f.name}.migrating")
@@ -801,7 +781,7 @@ def ingest(
                         rows_in=record.get("rows_in", 0),
                         rows_written=0,
                         quarantined=record.get("quarantined", 0),
-                        classes=record.get("classes", {c: 0 for c in CLASSES}),
+                        classes=record.get("classes", {c: 0 for c in LINE_CLASSES}),
                         encoding=record.get("encoding", ""),
                         delimiter=record.get("delimiter", ""),
                     )
@@ -860,7 +840,7 @@ def _flush(
             rows_in=raw.rows,
             rows_written=len(canon),
             quarantined=len(quarantine),
-            classes=result.classes.get(key, {c: 0 for c in CLASSES}),
+            classes=result.classes.get(key, {c: 0 for c in LINE_CLASSES}),
             encoding=raw.encoding,
             delimiter=raw.delimiter,
         )

@@ -18,7 +18,8 @@ import pandas as pd
 import yaml
 from feast import FeatureStore, RepoConfig
 
-from patron.features.compute import CUSTOMER_FEATURES_FILE, PRODUCT_FEATURES_FILE, to_utc
+from patron.features.compute import CUSTOMER_FEATURES_FILE, PRODUCT_FEATURES_FILE
+from patron.times import to_utc
 from patron.faults import crash_point
 
 log = logging.getLogger(__name__)

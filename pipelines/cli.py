@@ -119,18 +119,15 @@ class FeatureStep(str, Enum):
 
 def _default_as_of(settings: PatronSettings) -> dt.datetime:
     """Without --as-of: the day after the last ingested sale, so that all history is used."""
-    import duckdb
-
+    from patron import duck
     from patron.features.ingest import OrderStore
+    from patron.rules import VALID_PURCHASE_SQL
 
-    parts = OrderStore(settings.paths().data).committed_parts()
-    if not parts:
+    lines = OrderStore(settings.paths().data).scan()
+    if lines is None:
         _fail("no order lines yet: run `patron ingest --source PATH` first")
-    files = ", ".join(f"'{p}'" for p in parts)
-    with duckdb.connect() as con:
-        (last,) = con.execute(
-            f"SELECT max(invoice_ts AT TIME ZONE 'UTC')::DATE FROM read_parquet([{files}]) WHERE line_class = 'sale'"
-        ).fetchone()
+    with duck.connect() as con:
+        (last,) = con.execute(f"SELECT max(invoice_ts)::DATE FROM {lines} WHERE {VALID_PURCHASE_SQL}").fetchone()
     return dt.datetime.combine(last + dt.timedelta(days=1), dt.time(), tzinfo=dt.timezone.utc)
 
 

@@ -17,7 +17,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from patron.features.compute import build_features, to_utc
+from patron.features.compute import build_features
+from patron.times import to_utc
 from patron.features.ingest import OrderStore, ingest
 from patron.features.store import apply_definitions, materialize, open_store
 from patron.settings import PatronSettings, StatePaths

@@ -1,12 +1,12 @@
 """Score a batch export against what customers really bought afterwards (`patron scorecard`).
 
 Independent of the rest of Patron on purpose: the truth is read from the raw order exports with
-pandas, using only the plain definition below, not through ingestion, features or models. It is
-the check a shop (or an auditor) runs on last quarter's export files.
+pandas, not through ingestion, features or models; only the definition of a valid purchase is the
+shop's one rule (:func:`patron.rules.valid_purchase`). It is the check a shop (or an auditor) runs
+on last quarter's export files.
 
-Protocol: the population is every customer with a valid purchase before ``as_of``; a valid
-purchase names a customer, has quantity > 0 and unit price > 0 and is not a cancellation (invoice
-number starting with C). Churn = no valid purchase in [as_of, as_of + horizon). Spend = the sum of
+Protocol: the population is every customer with a valid purchase before ``as_of`` (a known
+customer, quantity > 0, unit price > 0, not a cancellation). Churn = no valid purchase in [as_of, as_of + horizon). Spend = the sum of
 quantity x unit price of the valid purchases in that window. Recall@k = hits / min(k, items bought
 in the window that existed before as_of); NDCG@k with binary relevance; discovery counts only the
 items the customer had not bought before as_of.
@@ -26,6 +26,8 @@ from scipy.stats import spearmanr
 from sklearn.metrics import roc_auc_score
 
 from patron.features.ingest import find_files, read_raw
+from patron.rules import valid_purchase
+from patron.times import utc_timestamp
 
 EXPORT_FILES = ("churn.parquet", "ltv.parquet", "recommendations.parquet", "discovery.parquet")
 TIER_ORDER = ("platinum", "gold", "silver", "bronze")
@@ -59,7 +61,7 @@ def valid_purchases(sources: Sequence[Path]) -> pd.DataFrame:
     price = pd.to_numeric(df["UnitPrice"], errors="coerce")
     cust = pd.to_numeric(df["CustomerID"], errors="coerce")
     ts = pd.to_datetime(df["InvoiceDate"].str.strip(), errors="coerce", format="mixed")
-    ok = cust.notna() & (qty > 0) & (price > 0) & ts.notna() & ~df["InvoiceNo"].str.strip().str.upper().str.startswith("C")
+    ok = valid_purchase(cust, qty, price, df["InvoiceNo"]) & ts.notna().to_numpy()
     out = pd.DataFrame(
         {
             "customer_id": cust[ok].astype("int64"),
@@ -95,7 +97,7 @@ def _list_metrics(recs: pd.DataFrame, truth: dict[int, set], k: int) -> tuple[fl
 
 
 def score_export(exports: Path, sources: Sequence[Path], as_of: dt.date | dt.datetime, horizon_days: int, k: int = 20) -> Scorecard:
-    start = pd.Timestamp(as_of).tz_localize(None) if pd.Timestamp(as_of).tzinfo else pd.Timestamp(as_of)
+    start = utc_timestamp(as_of).tz_localize(None)  # the raw files' times are naive UTC
     end = start + pd.Timedelta(days=horizon_days)
     lines = valid_purchases(sources)
     if lines["invoice_ts"].max() < end - pd.Timedelta(days=7):

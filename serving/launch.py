@@ -90,15 +90,14 @@ def call(base_url: str, path: str, body: dict, key: str) -> tuple[int, dict]:
 
 def _demo_customer(settings: PatronSettings) -> int:
     """The customer with the most orders: a profile worth showing."""
-    import duckdb
-
+    from patron import duck
     from patron.features.ingest import OrderStore
+    from patron.rules import VALID_PURCHASE_SQL
 
-    parts = OrderStore(settings.paths().data).committed_parts()
-    files = ", ".join("'" + str(p).replace("'", "''") + "'" for p in parts)
-    with duckdb.connect() as con:
+    lines = OrderStore(settings.paths().data).scan()
+    with duck.connect() as con:
         (c,) = con.execute(
-            f"SELECT customer_id FROM read_parquet([{files}]) WHERE line_class = 'sale' "
+            f"SELECT customer_id FROM {lines} WHERE {VALID_PURCHASE_SQL} "
             "GROUP BY customer_id ORDER BY count(DISTINCT invoice_no) DESC, customer_id LIMIT 1"
         ).fetchone()
     return int(c)

@@ -20,13 +20,15 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import duckdb
 import numpy as np
 import pandas as pd
 
+from patron import duck
 from patron.features.events import RECENT_VIEW, EventLog, Fresh, publish
 from patron.features.ingest import OrderStore
+from patron.rules import VALID_PURCHASE_SQL
 from patron.settings import PatronSettings
+from patron.times import utc_timestamp
 from patron.training import registry
 from patron.training.base import ModelLoadError
 from patron.training.churn import FEATURE_SERVICE as CHURN_SERVICE
@@ -213,8 +215,7 @@ class Champions:
         self.item_ids = [str(i) for i in h.items]
         self.item_row = {i: j for j, i in enumerate(self.item_ids)}
         self._popular: dict[float, tuple[np.ndarray, np.ndarray]] = {}
-        end = pd.Timestamp(h.as_of)
-        self.data_end = (end.tz_localize("UTC") if end.tzinfo is None else end).timestamp()  # epoch s of the model's data end
+        self.data_end = utc_timestamp(h.as_of).timestamp()  # epoch s of the model's data end
 
     def popular_order(self, days: float) -> tuple[np.ndarray, np.ndarray]:
         """Items by distinct buyers over ``days`` days, computed once per window length."""
@@ -238,23 +239,21 @@ def _product_descriptions(store, items: np.ndarray) -> dict[str, str]:
 
 def _recent_orders(data_dir: Path, per_customer: int = 5) -> dict[int, list[tuple[str, str, int, float]]]:
     """The last few orders of every customer, for the CRM's profile view (one query at load)."""
-    parts = OrderStore(data_dir).committed_parts("order_lines")
-    if not parts:
+    lines = OrderStore(data_dir).scan()
+    if lines is None:
         return {}
-    files = ", ".join("'" + str(p).replace("'", "''") + "'" for p in parts)
     sql = f"""
         WITH o AS (
             SELECT customer_id, invoice_no, min(invoice_ts) AS ts, count(*) AS lines, sum(amount) AS amount
-            FROM read_parquet([{files}])
-            WHERE customer_id IS NOT NULL AND line_class IN ('sale', 'non_product') AND quantity > 0
+            FROM {lines}
+            WHERE {VALID_PURCHASE_SQL}
             GROUP BY customer_id, invoice_no
         )
         SELECT customer_id, invoice_no, strftime(ts, '%Y-%m-%d'), lines, amount FROM (
             SELECT *, row_number() OVER (PARTITION BY customer_id ORDER BY ts DESC, invoice_no DESC) AS k FROM o
         ) WHERE k <= {int(per_customer)} ORDER BY customer_id, k"""
     out: dict[int, list[tuple[str, str, int, float]]] = {}
-    with duckdb.connect() as con:
-        con.execute("SET TimeZone = 'UTC'")
+    with duck.connect() as con:
         for c, inv, day, n, amount in con.execute(sql).fetchall():
             out.setdefault(int(c), []).append((str(inv), str(day), int(n), round(float(amount), 2)))
     return out

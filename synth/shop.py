@@ -67,19 +67,14 @@ from pathlib import Path
 
 import numpy as np
 
+from patron.features.ingest import RAW_COLUMNS
+from patron.rules import LINE_CLASSES
+
 __all__ = ["HEADER", "CLASSES", "Catalogue", "SynthSummary", "catalogue", "generate", "product_cluster"]
 
-HEADER: tuple[str, ...] = (
-    "InvoiceNo",
-    "StockCode",
-    "Description",
-    "Quantity",
-    "InvoiceDate",
-    "UnitPrice",
-    "CustomerID",
-    "Country",
-)
-CLASSES: tuple[str, ...] = ("sale", "return", "guest", "non_product", "invalid")
+# the shipped data's export layout, and the classes ingestion gives its rows
+HEADER = RAW_COLUMNS
+CLASSES = LINE_CLASSES
 
 # --------------------------------------------------------------------------- model parameters
 # Calibrated so that 100k customers, 5k products and 365 days give about 10 million lines.

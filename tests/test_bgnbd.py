@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import datetime as dt
+
 import json
 import math
 from collections.abc import Callable
@@ -13,10 +13,10 @@ import pandas as pd
 import pytest
 from scipy import integrate, stats
 
-from patron.training.bgnbd import BetaGeoModel, GammaGammaModel, customer_lifetime_value, rfm_summary
+from patron.training.bgnbd import BetaGeoModel, GammaGammaModel
 
 CDNOW = Path(__file__).resolve().parent / "data" / "cdnow" / "cdnow_customers_summary_with_transactions.csv"
-UTC = dt.timezone.utc
+
 # Estimates as published for this sample (2,357 customers, 39-week calibration period).
 BGNBD_PUBLISHED = {"r": 0.243, "alpha": 4.414, "a": 0.793, "b": 2.426}
 GG_PUBLISHED = {"p": 6.25, "q": 3.74, "v": 15.44}
@@ -222,19 +222,6 @@ def test_expected_purchases_matches_direct_integration() -> None:
             assert float(model.expected_purchases(t, x, tx, T)) == pytest.approx(direct, rel=1e-6)
 
 
-def test_expected_next_purchase_days() -> None:
-    r, alpha = CDNOW_BG.r, CDNOW_BG.alpha
-    mean = CDNOW_BG.expected_next_purchase_days(4, 30.0, 38.0)
-    assert float(mean) == pytest.approx((alpha + 38.0) / (r + 4 - 1) * 7.0)
-    median = CDNOW_BG.expected_next_purchase_days(4, 30.0, 38.0, time_unit_days=1.0, statistic="median")
-    lam = np.random.default_rng(0).gamma(r + 4, 1 / (alpha + 38.0), 400_000)
-    waits = np.random.default_rng(1).exponential(1.0, lam.size) / lam
-    assert float(median) == pytest.approx(np.median(waits), rel=0.02)
-    # r + x <= 1: the mean wait is infinite, the median is not.
-    assert np.isinf(CDNOW_BG.expected_next_purchase_days(0, 0.0, 38.0))
-    assert np.isfinite(CDNOW_BG.expected_next_purchase_days(0, 0.0, 38.0, statistic="median"))
-
-
 # ---------------------------------------------------------------------------------------------
 # Gamma-Gamma spend
 # ---------------------------------------------------------------------------------------------
@@ -256,89 +243,23 @@ def test_expected_spend_shrinks_towards_population_mean() -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# rfm_summary
-# ---------------------------------------------------------------------------------------------
-
-
-def ts(s: str) -> pd.Timestamp:
-    return pd.Timestamp(s, tz="UTC")
-
-
-@pytest.fixture
-def handmade_lines() -> pd.DataFrame:
-    rows = [
-        # customer 1: three purchase days; Jan 15 has two orders, which count as one purchase day.
-        (1, "A", "2011-02-12 12:00", 30.0),
-        (1, "A", "2011-01-01 10:00", 10.0),
-        (1, "A", "2011-01-01 15:00", 5.0),
-        (1, "B", "2011-01-15 09:00", 20.0),
-        (1, "C", "2011-01-15 18:00", 4.0),
-        (1, "E", "2011-03-01 00:00", 100.0),  # at as_of: ignored
-        (1, "F", "2011-03-05 10:00", 100.0),  # after as_of: ignored
-        # customer 2: one purchase just before the cut-off.
-        (2, "G", "2011-02-28 23:59", 50.0),
-        # customer 3: only after the cut-off, so absent.
-        (3, "H", "2011-03-02 10:00", 70.0),
-        # customer 4: an hour apart but on two UTC calendar days.
-        (4, "I", "2010-12-31 23:30", 8.0),
-        (4, "J", "2011-01-01 00:30", 12.5),
-    ]
-    return pd.DataFrame(
-        {
-            "customer_id": np.array([r[0] for r in rows], dtype="int64"),
-            "invoice_no": [r[1] for r in rows],
-            "invoice_ts": pd.to_datetime([r[2] for r in rows]).tz_localize("UTC"),
-            "amount": [r[3] for r in rows],
-        }
-    )
-
-
-def test_rfm_summary_known_answers_in_days(handmade_lines: pd.DataFrame) -> None:
-    s = rfm_summary(handmade_lines, dt.datetime(2011, 3, 1, tzinfo=UTC), time_unit_days=1.0)
-    expected = pd.DataFrame(
-        {
-            "frequency": np.array([2, 0, 1], dtype="int64"),
-            "recency": [42.0, 0.0, 1.0],
-            "T": [59.0, 1.0, 60.0],
-            "monetary_value": [(24.0 + 30.0) / 2, 0.0, 12.5],
-        },
-        index=pd.Index(np.array([1, 2, 4], dtype="int64"), name="customer_id"),
-    )
-    pd.testing.assert_frame_equal(s, expected)
-
-
-def test_rfm_summary_weeks_and_naive_as_of(handmade_lines: pd.DataFrame) -> None:
-    s = rfm_summary(handmade_lines, dt.datetime(2011, 3, 1))  # naive means UTC
-    assert s.loc[1, "recency"] == pytest.approx(6.0)
-    assert s.loc[1, "T"] == pytest.approx(59 / 7)
-    assert s.loc[2, "T"] == pytest.approx(1 / 7)
-    # An as_of in the middle of a day: the day's earlier lines count, T includes the part day.
-    s = rfm_summary(handmade_lines, ts("2011-01-15 12:00"), time_unit_days=1.0)
-    assert s.loc[1, "frequency"] == 1 and s.loc[1, "monetary_value"] == 20.0
-    assert s.loc[1, "T"] == pytest.approx(14.5)
-
-
-def test_rfm_summary_feeds_the_models(handmade_lines: pd.DataFrame) -> None:
-    s = rfm_summary(handmade_lines, ts("2011-03-01"))
-    pa = CDNOW_BG.p_alive(s["frequency"], s["recency"], s["T"])
-    assert pa.shape == (3,)
-
-
-# ---------------------------------------------------------------------------------------------
 # Lifetime value, persistence
 # ---------------------------------------------------------------------------------------------
 
 
-def test_customer_lifetime_value(cdnow: pd.DataFrame) -> None:
-    summary = cdnow.rename(columns={"x": "frequency", "t_x": "recency", "zbar": "monetary_value"}).set_index("ID")
+def test_lifetime_value_from_the_purchase_history_model(cdnow: pd.DataFrame) -> None:
+    """What the customer models take from BG/NBD + Gamma-Gamma (training.customer.PurchaseHistory,
+    fed by the btyd_* features in days) on the published CDNOW parameters."""
+    from patron.training.customer import PurchaseHistory
+
     gg = GammaGammaModel(**GG_PUBLISHED)
-    clv = customer_lifetime_value(CDNOW_BG, gg, summary, 39 * 7)
-    assert list(clv.columns) == ["expected_orders", "p_alive", "expected_avg_spend", "expected_value"]
-    assert clv.index.equals(summary.index)
-    np.testing.assert_allclose(clv["expected_value"], clv["expected_orders"] * clv["expected_avg_spend"])
-    assert clv.loc[1, "expected_orders"] == pytest.approx(1.226, abs=1e-3)  # x=2, t_x=30.43, T=38.86
-    assert clv.loc[1, "expected_avg_spend"] == pytest.approx(float(gg.expected_spend(2, 22.35)))
-    assert (customer_lifetime_value(CDNOW_BG, gg, summary, 0)["expected_value"] == 0).all()
+    frame = pd.DataFrame({"btyd_frequency": cdnow["x"], "btyd_recency_days": cdnow["t_x"] * 7,
+                          "btyd_age_days": cdnow["T"] * 7, "btyd_monetary": cdnow["zbar"]})
+    out = PurchaseHistory(CDNOW_BG, gg).outputs(frame, horizon_days=39 * 7)
+    first = cdnow.index[cdnow["ID"] == 1][0]  # x=2, t_x=30.43, T=38.86, zbar=22.35
+    assert out["bg_expected_orders"][first] == pytest.approx(1.226, abs=1e-3)
+    assert out["bg_expected_value"][first] == pytest.approx(out["bg_expected_orders"][first] * float(gg.expected_spend(2, 22.35)))
+    assert (PurchaseHistory(CDNOW_BG, gg).outputs(frame, horizon_days=0)["bg_expected_value"] == 0).all()
 
 
 def test_save_load_round_trip(cdnow: pd.DataFrame, cdnow_bg: BetaGeoModel, cdnow_gg: GammaGammaModel) -> None:
@@ -383,26 +304,3 @@ def test_save_load_round_trip(cdnow: pd.DataFrame, cdnow_bg: BetaGeoModel, cdnow
 def test_invalid_inputs_raise_value_error(call: Callable[[], object], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         call()
-
-
-def test_invalid_summary_inputs(handmade_lines: pd.DataFrame) -> None:
-    as_of = ts("2011-03-01")
-    with pytest.raises(ValueError, match=r"expected columns customer_id, invoice_ts, amount; missing \['amount'\]"):
-        rfm_summary(handmade_lines.drop(columns="amount"), as_of)
-    with pytest.raises(ValueError, match="expected at least one order line before as_of"):
-        rfm_summary(handmade_lines, ts("2000-01-01"))
-    with pytest.raises(ValueError, match="expected at least one order line before as_of"):
-        rfm_summary(handmade_lines.iloc[:0], as_of)
-    bad = handmade_lines.assign(amount=handmade_lines["amount"].where(handmade_lines["invoice_no"] != "B", -20.0))
-    with pytest.raises(ValueError, match=r"amount: expected finite amounts >= 0.*-20\.0"):
-        rfm_summary(bad, as_of)
-    with pytest.raises(ValueError, match="time_unit_days: expected a number > 0"):
-        rfm_summary(handmade_lines, as_of, time_unit_days=0)
-    with pytest.raises(ValueError, match="invoice_ts: expected datetime64"):
-        rfm_summary(handmade_lines.assign(invoice_ts="2011-01-01"), as_of)
-    summary = rfm_summary(handmade_lines, as_of)
-    gg = GammaGammaModel(**GG_PUBLISHED)
-    with pytest.raises(ValueError, match=r"summary: expected columns .* missing \['T'\]"):
-        customer_lifetime_value(CDNOW_BG, gg, summary.drop(columns="T"), 90)
-    with pytest.raises(ValueError, match="horizon_days: expected a number >= 0"):
-        customer_lifetime_value(CDNOW_BG, gg, summary, -1)

@@ -9,7 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from patron.features.compute import build_features, snapshot_grid, to_utc
+from patron.features.compute import build_features, snapshot_grid
+from patron.times import to_utc
 from patron.features.ingest import ingest
 from tests.conftest import line, write_raw
 
@@ -119,3 +120,35 @@ def test_lines_without_a_product_count_for_customers_not_products(tmp_path: Path
     assert cust.loc[555, "frequency"] == 2 and cust.loc[555, "monetary_total"] == pytest.approx(90.0)
     assert cust.loc[555, "distinct_products"] == 0
     assert pd.read_parquet(b.product_path).empty
+
+
+def test_the_btyd_summary_counts_purchase_days_as_the_literature_does(tmp_path: Path, home: Path) -> None:
+    """BG/NBD's inputs, as the feature snapshot gives them: a purchase day is a UTC calendar day
+    with an order (two orders on one day are one occasion); frequency counts the repeat days,
+    recency runs from the first to the last purchase day, age from the first day to the snapshot,
+    and the mean repeat spend leaves the first day out."""
+    rows = [
+        # customer 1: three purchase days, Jan 15 holding two orders
+        line("1", "A1", 2, "2011-01-01 10:00:00", 5.0, cust="1"),
+        line("2", "A1", 1, "2011-01-01 15:00:00", 5.0, cust="1"),
+        line("3", "B1", 4, "2011-01-15 09:00:00", 5.0, cust="1"),
+        line("4", "C1", 1, "2011-01-15 18:00:00", 4.0, cust="1"),
+        line("5", "A1", 6, "2011-02-12 12:00:00", 5.0, cust="1"),
+        line("6", "E1", 1, "2011-03-01 00:00:00", 100.0, cust="1"),  # at the snapshot: not counted
+        # customer 2: one purchase just before the snapshot
+        line("7", "G1", 10, "2011-02-28 23:59:00", 5.0, cust="2"),
+        # customer 4: an hour apart, but on two UTC calendar days
+        line("8", "I1", 1, "2010-12-31 23:30:00", 8.0, cust="4"),
+        line("9", "J1", 1, "2011-01-01 00:30:00", 12.5, cust="4"),
+    ]
+    ingest([write_raw(tmp_path / "btyd.csv", rows)], home / "data")
+    t = dt.datetime(2011, 3, 1, tzinfo=UTC)
+    b = build_features(home / "data", home / "fs" / "data", t, snapshots=[t])
+    got = pd.read_parquet(b.customer_path).set_index("customer_id")[
+        ["btyd_frequency", "btyd_recency_days", "btyd_age_days", "btyd_monetary"]]
+    expected = pd.DataFrame(
+        {"btyd_frequency": [2, 0, 1], "btyd_recency_days": [42.0, 0.0, 1.0], "btyd_age_days": [59.0, 1.0, 60.0],
+         "btyd_monetary": [(24.0 + 30.0) / 2, 0.0, 12.5]},
+        index=pd.Index([1, 2, 4], name="customer_id"),
+    )
+    pd.testing.assert_frame_equal(got.sort_index(), expected, check_dtype=False)

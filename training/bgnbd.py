@@ -23,27 +23,19 @@ end of observation, all in one time unit (weeks by default).
 
 from __future__ import annotations
 
-import datetime as dt
 import math
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-import pandas as pd
 from scipy.optimize import minimize
 from scipy.special import betaln, digamma, expit, gammaln, hyp2f1
 
-__all__ = [
-    "BetaGeoModel",
-    "GammaGammaModel",
-    "customer_lifetime_value",
-    "rfm_summary",
-]
 
-SUMMARY_COLUMNS = ("frequency", "recency", "T", "monetary_value")
+__all__ = ["BetaGeoModel", "GammaGammaModel"]
 
 # Log-parameters are kept inside [-_LOG_BOUND, _LOG_BOUND] on the rescaled problem (about 1e-9 to
 # 1e9 times the natural scale): wide enough for any real fit, narrow enough that a degenerate data
@@ -444,40 +436,6 @@ class BetaGeoModel:
         s = horizon / self.alpha
         return _expected_repeat_given_alive(s, self.r, self.a, self.b, np.zeros_like(s))
 
-    def expected_next_purchase_days(
-        self,
-        frequency: npt.ArrayLike,
-        recency: npt.ArrayLike,
-        T: npt.ArrayLike,
-        *,
-        time_unit_days: float = 7.0,
-        statistic: Literal["mean", "median"] = "mean",
-    ) -> np.ndarray:
-        """Days until the next purchase, for a customer who is still alive (pair it with p_alive).
-
-        How it is computed: in BG/NBD a customer alive at T stays alive until their next purchase
-        (dropout happens only right after a purchase), and given alive their purchase rate has
-        posterior lambda ~ Gamma(r + x, alpha + T), independent of recency. The wait is then
-        Exponential(lambda), so exactly
-          mean   = E[1/lambda] = (alpha + T) / (r + x - 1)   (inf when r + x <= 1: heavy tail),
-          median = (alpha + T) * (2 ** (1 / (r + x)) - 1)   (always finite),
-        converted from time units to days with ``time_unit_days``. Unconditionally the expected
-        wait is infinite whenever p_alive < 1, which is why it is conditioned on being alive.
-        """
-        if not (math.isfinite(time_unit_days) and time_unit_days > 0):
-            raise ValueError(f"time_unit_days: expected a number > 0, got {time_unit_days!r}")
-        if statistic not in ("mean", "median"):
-            raise ValueError(f"statistic: expected 'mean' or 'median', got {statistic!r}")
-        x, _, age = _check_rft(frequency, recency, T)
-        shape = self.r + x
-        scale = self.alpha + age
-        if statistic == "median":
-            units = scale * np.expm1(math.log(2.0) / shape)
-        else:
-            with np.errstate(divide="ignore"):
-                units = np.where(shape > 1.0, scale / np.where(shape > 1.0, shape - 1.0, 1.0), np.inf)
-        return units * time_unit_days
-
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable parameters, for saving with a model artifact."""
         return {"model": "BetaGeoModel", "r": self.r, "alpha": self.alpha, "a": self.a, "b": self.b}
@@ -609,145 +567,3 @@ class GammaGammaModel:
     def from_dict(cls, d: dict[str, Any]) -> GammaGammaModel:
         """Inverse of ``to_dict``; raises ValueError on missing or invalid parameters."""
         return cls(**_params_from_dict("GammaGammaModel", d, ("p", "q", "v")))
-
-
-# --------------------------------------------------------------------------------------------------
-# From order lines to customer summaries, and to lifetime value
-# --------------------------------------------------------------------------------------------------
-
-
-def _utc_timestamp(as_of: dt.datetime | dt.date | pd.Timestamp) -> pd.Timestamp:
-    """Naive datetimes and dates mean UTC, as everywhere in this project."""
-    try:
-        ts = pd.Timestamp(as_of)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"as_of: expected a datetime, got {as_of!r}") from exc
-    if ts is pd.NaT:
-        raise ValueError(f"as_of: expected a datetime, got {as_of!r}")
-    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
-
-
-def rfm_summary(lines: pd.DataFrame, as_of: dt.datetime, *, time_unit_days: float = 7.0) -> pd.DataFrame:
-    """One row per customer who bought before ``as_of``: frequency, recency, T, monetary_value.
-
-    ``lines`` has one row per order line with customer_id, invoice_ts (UTC; naive means UTC) and
-    amount (invoice_no and other columns are ignored). Only lines with invoice_ts < as_of are
-    used, so the summary can be computed at any past cut-off without leaking the future.
-
-    Purchases are distinct (customer, UTC calendar day) pairs, as in the BTYD literature: several
-    invoices on one day are one shopping occasion, and the model's Poisson process is about
-    occasions. The first day is the customer's "birth" and not a repeat purchase:
-      frequency      = number of purchase days - 1,
-      recency        = last purchase day - first purchase day,
-      T              = as_of - first purchase day (from the start of that day),
-      monetary_value = mean spend per repeat purchase day (0 when frequency == 0); the first day's
-                       spend is left out because it is often atypical (and it is what the
-                       Gamma-Gamma estimates in the literature are based on),
-    with times in units of ``time_unit_days`` days (weeks by default).
-    """
-    if not isinstance(lines, pd.DataFrame):
-        raise ValueError(f"lines: expected a pandas DataFrame, got {type(lines).__name__}")
-    if not (isinstance(time_unit_days, (int, float)) and math.isfinite(time_unit_days) and time_unit_days > 0):
-        raise ValueError(f"time_unit_days: expected a number > 0, got {time_unit_days!r}")
-    missing = [c for c in ("customer_id", "invoice_ts", "amount") if c not in lines.columns]
-    if missing:
-        raise ValueError(
-            f"lines: expected columns customer_id, invoice_ts, amount; missing {missing} "
-            f"(got {list(lines.columns)})"
-        )
-    cutoff = _utc_timestamp(as_of)
-    ts = lines["invoice_ts"]
-    if not pd.api.types.is_datetime64_any_dtype(ts):
-        raise ValueError(f"lines.invoice_ts: expected datetime64 values, got dtype {ts.dtype}")
-    ts = ts.dt.tz_localize("UTC") if ts.dt.tz is None else ts.dt.tz_convert("UTC")
-    if ts.isna().any():
-        raise ValueError(f"lines.invoice_ts: expected no missing timestamps, got {int(ts.isna().sum())}")
-    before = (ts < cutoff).to_numpy()
-    if not before.any():
-        raise ValueError(f"lines: expected at least one order line before as_of={cutoff}, got none")
-    cust = lines["customer_id"][before]
-    amount = lines["amount"][before]
-    if cust.isna().any():
-        raise ValueError(f"lines.customer_id: expected no missing ids, got {int(cust.isna().sum())}")
-    amount_values = pd.to_numeric(amount, errors="coerce").to_numpy(dtype=float)
-    bad = ~np.isfinite(amount_values) | (amount_values < 0)
-    if bad.any():
-        raise ValueError(
-            "lines.amount: expected finite amounts >= 0 (purchases only; drop returns and "
-            "cancellations first, e.g. with training.data.load_lines), got "
-            + _first_bad(bad, ("amount", amount_values))
-        )
-    df = pd.DataFrame(
-        {
-            "customer_id": cust.to_numpy(dtype="int64"),
-            "day": ts[before].dt.floor("D").dt.tz_localize(None).to_numpy(),
-            "amount": amount_values,
-        }
-    )
-    daily = df.groupby(["customer_id", "day"], sort=True, as_index=False)["amount"].sum()
-    is_repeat = daily.groupby("customer_id").cumcount().to_numpy() > 0
-    per_cust = daily.groupby("customer_id", sort=True)
-    first = per_cust["day"].min()
-    last = per_cust["day"].max()
-    n_days = per_cust.size()
-    repeat_spend = (
-        daily[is_repeat].groupby("customer_id")["amount"].sum().reindex(first.index, fill_value=0.0)
-    )
-    unit = pd.Timedelta(days=float(time_unit_days))
-    frequency = (n_days - 1).astype("int64")
-    cutoff_naive = cutoff.tz_localize(None)  # days are naive UTC from here on
-    out = pd.DataFrame(
-        {
-            "frequency": frequency,
-            "recency": (last - first) / unit,
-            "T": (cutoff_naive - first) / unit,
-            "monetary_value": np.where(frequency > 0, repeat_spend / frequency.clip(lower=1), 0.0),
-        },
-        index=first.index,
-    )
-    out.index.name = "customer_id"
-    return out
-
-
-def customer_lifetime_value(
-    bg: BetaGeoModel,
-    gg: GammaGammaModel,
-    summary: pd.DataFrame,
-    horizon_days: float,
-    *,
-    time_unit_days: float = 7.0,
-) -> pd.DataFrame:
-    """Expected purchases, P(alive), expected spend per purchase and their product over a horizon.
-
-    ``summary`` is an ``rfm_summary`` frame built with the same ``time_unit_days`` the BG/NBD model
-    was fitted in. expected_value = expected_orders * expected_avg_spend, undiscounted: over the
-    horizons this service scores (months) discounting changes the ranking very little, and an
-    undiscounted number can be checked directly against the revenue that follows.
-    """
-    if not isinstance(summary, pd.DataFrame):
-        raise ValueError(f"summary: expected a pandas DataFrame from rfm_summary, got {type(summary).__name__}")
-    missing = [c for c in SUMMARY_COLUMNS if c not in summary.columns]
-    if missing:
-        raise ValueError(
-            f"summary: expected columns {list(SUMMARY_COLUMNS)} (from rfm_summary), missing {missing}"
-        )
-    if not (isinstance(horizon_days, (int, float)) and math.isfinite(horizon_days) and horizon_days >= 0):
-        raise ValueError(f"horizon_days: expected a number >= 0, got {horizon_days!r}")
-    if not (isinstance(time_unit_days, (int, float)) and math.isfinite(time_unit_days) and time_unit_days > 0):
-        raise ValueError(f"time_unit_days: expected a number > 0, got {time_unit_days!r}")
-    x = summary["frequency"].to_numpy(dtype=float)
-    tx = summary["recency"].to_numpy(dtype=float)
-    age = summary["T"].to_numpy(dtype=float)
-    m = summary["monetary_value"].to_numpy(dtype=float)
-    orders = bg.expected_purchases(horizon_days / time_unit_days, x, tx, age)
-    alive = bg.p_alive(x, tx, age)
-    spend = gg.expected_spend(x, m)
-    return pd.DataFrame(
-        {
-            "expected_orders": orders,
-            "p_alive": alive,
-            "expected_avg_spend": spend,
-            "expected_value": orders * spend,
-        },
-        index=summary.index,
-    )

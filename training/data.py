@@ -1,9 +1,7 @@
 """Order lines for training and evaluation, read from the committed canonical Parquet.
 
-One definition of a "valid purchase" is shared by labels, baselines and evaluation, so that every
-model and baseline is scored on exactly the same ground truth: a known customer, quantity > 0,
-unit price > 0, not a cancellation. Service lines (postage and the like) that a customer paid for
-count as purchases here, as they do in the shop's revenue.
+Labels, baselines and evaluation read the valid purchases of :data:`patron.rules.VALID_PURCHASE_SQL`,
+so that every model and baseline is scored on exactly the same ground truth.
 """
 
 from __future__ import annotations
@@ -12,17 +10,13 @@ import datetime as dt
 from collections.abc import Sequence
 from pathlib import Path
 
-import duckdb
 import numpy as np
 import pandas as pd
 
-from patron.features.compute import to_utc
+from patron import duck
 from patron.features.ingest import DATE_FORMATS, OrderStore
-
-VALID_PURCHASE_SQL = (
-    "customer_id IS NOT NULL AND quantity > 0 AND unit_price > 0 "
-    "AND NOT starts_with(invoice_no, 'C') AND line_class IN ('sale', 'non_product')"
-)
+from patron.rules import VALID_PURCHASE_SQL
+from patron.times import to_utc
 
 
 class NoOrdersError(Exception):
@@ -47,8 +41,8 @@ def load_lines(
     ),
 ) -> pd.DataFrame:
     """Order lines with ``start <= invoice_ts < end`` (either bound optional), oldest first."""
-    parts = OrderStore(data_dir).committed_parts("order_lines")
-    if not parts:
+    lines = OrderStore(data_dir).scan()
+    if lines is None:
         raise NoOrdersError(f"no order lines under {data_dir}: run `patron ingest` first")
     where = [VALID_PURCHASE_SQL] if valid_only else []
     params: dict = {}
@@ -58,13 +52,11 @@ def load_lines(
     if end is not None:
         where.append("invoice_ts < $end")
         params["end"] = to_utc(end)
-    files = ", ".join("'" + str(p).replace("'", "''") + "'" for p in parts)
-    sql = f"SELECT {', '.join(columns)} FROM read_parquet([{files}])"
+    sql = f"SELECT {', '.join(columns)} FROM {lines}"
     if where:
         sql += " WHERE " + " AND ".join(where)
     sql += " ORDER BY invoice_ts, invoice_no"
-    with duckdb.connect() as con:
-        con.execute("SET TimeZone = 'UTC'")
+    with duck.connect() as con:
         df = con.execute(sql, params).df()
     if "customer_id" in df.columns and valid_only:
         df["customer_id"] = df["customer_id"].astype("int64")
@@ -88,22 +80,19 @@ def known_customers(data_dir: Path, end: dt.date | dt.datetime) -> np.ndarray:
     store = OrderStore(data_dir)
     ids: set[int] = set()
     end_ts = to_utc(end)
-    with duckdb.connect() as con:
-        con.execute("SET TimeZone = 'UTC'")
-        parts = store.committed_parts("order_lines")
-        if parts:
-            files = ", ".join("'" + str(p).replace("'", "''") + "'" for p in parts)
+    with duck.connect() as con:
+        lines = store.scan("order_lines")
+        if lines is not None:
             rows = con.execute(
-                f"SELECT DISTINCT customer_id FROM read_parquet([{files}]) WHERE customer_id IS NOT NULL AND invoice_ts < $end",
+                f"SELECT DISTINCT customer_id FROM {lines} WHERE customer_id IS NOT NULL AND invoice_ts < $end",
                 {"end": end_ts},
             ).fetchall()
             ids.update(int(r[0]) for r in rows)
-        parts = store.committed_parts("quarantine")
-        if parts:
-            files = ", ".join("'" + str(p).replace("'", "''") + "'" for p in parts)
+        quarantine = store.scan("quarantine")
+        if quarantine is not None:
             rows = con.execute(
                 f"""SELECT DISTINCT TRY_CAST(TRY_CAST(trim(CustomerID) AS DOUBLE) AS BIGINT) AS c
-                    FROM read_parquet([{files}])
+                    FROM {quarantine}
                     WHERE coalesce(try_strptime(trim(InvoiceDate), $formats), TIMESTAMP '9999-01-01') < $end""",
                 {"formats": list(DATE_FORMATS), "end": end_ts.replace(tzinfo=None)},
             ).fetchall()

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from patron.features.compute import to_utc
+from patron.times import to_utc
 
 log = logging.getLogger(__name__)
 

@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from patron.times import to_utc
 from patron.training.trees import TreeEnsemble
 from patron.training.recs_baselines import (
     _REGISTRY,
@@ -43,7 +44,6 @@ from patron.training.recs_baselines import (
     History,
     NotFittedError,
     RecommenderBase,
-    _as_of_utc,
     als_confidence,
     build_frame,
     ease_weights,
@@ -249,8 +249,8 @@ class Sources:
         recent, before = self.trend_buyers
         trend = np.log((recent + 1.0) / (before / 2.0 + 1.0))
         order, _ = h.popular_order(self.p.popular_days)
-        pop_rank = np.empty(n_i)
-        pop_rank[order] = np.arange(n_i)
+        pop_rank = np.full(n_i, float(n_i))  # service lines are never on the list: last
+        pop_rank[order] = np.arange(len(order))
         out = np.column_stack([buyers, h.item_buyers(7), h.item_buyers(30), h.item_buyers(90), trend, first_age,
                                last_age, h.item_price, h.item_nonproduct, repeat / np.maximum(buyers, 1),
                                orders / np.maximum(buyers, 1), pop_rank])
@@ -576,7 +576,7 @@ class Recommender(RecommenderBase):
         return TreeEnsemble.from_sklearn(clf)
 
     def fit(self, lines: pd.DataFrame, as_of) -> Self:
-        as_of = _as_of_utc(as_of)
+        as_of = to_utc(as_of)
         p = self.params
         t_start = time.perf_counter()
         lines = product_lines(lines[lines["invoice_ts"] < pd.Timestamp(as_of)])
@@ -667,20 +667,8 @@ class Recommender(RecommenderBase):
             self.precomputed[name] = (items, scores, codes)
 
     def popular_products(self, days: float | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Items by distinct buyers over ``days`` (default ``popular_days``), products only."""
-        h = self._check_model().h
-        order, buyers = h.popular_order(self.params.popular_days if days is None else days)
-        return order[h.item_nonproduct[order] == 0], buyers
-
-    def popular(self, k: int = 10, days: float | None = None) -> pd.DataFrame:
-        """The most bought products (distinct buyers) in the last ``days`` days before ``as_of``."""
-        days = self.params.popular_days if days is None else days
-        order, recent = self.popular_products(days)
-        top = order[:k]
-        h = self._check_model().h
-        return pd.DataFrame({"rank": np.arange(1, len(top) + 1), "item_id": h.items[top].tolist(),
-                             "score": recent[top], "source": "popular",
-                             "reason_data": [{"buyers": int(recent[i]), "days": days} for i in top]})
+        """The popular list over ``days`` (default ``popular_days``): :meth:`History.popular_order`."""
+        return self._check_model().h.popular_order(self.params.popular_days if days is None else days)
 
     def ranked(self, row: int, new_only: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
         """The precomputed list of a known customer row (item indices, scores, source codes), or None."""

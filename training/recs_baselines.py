@@ -37,7 +37,7 @@ import scipy.sparse as sp
 
 from patron.training.formats import check_format
 
-from patron.features.compute import to_utc
+from patron.times import to_utc
 
 FORMAT_NAME = "patron-recs"
 FORMAT_VERSION = 1
@@ -98,10 +98,6 @@ def product_lines(lines: pd.DataFrame) -> pd.DataFrame:
     return lines[lines["item_id"].notna()] if lines["item_id"].isna().any() else lines
 
 
-def _as_of_utc(as_of) -> dt.datetime:
-    return to_utc(pd.Timestamp(as_of).to_pydatetime() if not isinstance(as_of, (dt.date, dt.datetime)) else as_of)
-
-
 # --------------------------------------------------------------------------------------------
 # Purchase history as of a date
 # --------------------------------------------------------------------------------------------
@@ -135,7 +131,7 @@ class History:
     # ---- construction
     @classmethod
     def from_lines(cls, lines: pd.DataFrame, as_of) -> "History":
-        as_of = _as_of_utc(as_of)
+        as_of = to_utc(as_of)
         t0 = pd.Timestamp(as_of)
         df = product_lines(lines[lines["invoice_ts"] < t0])
         if df.empty:
@@ -224,11 +220,13 @@ class History:
         return np.bincount(self.indices[mask], minlength=self.n_items).astype(np.float64)
 
     def popular_order(self, days: float | None = 30) -> tuple[np.ndarray, np.ndarray]:
-        """Items by distinct buyers in the last ``days`` days, ties by all-time buyers, then by id."""
+        """The popular list, the one every recommender, fill-up and endpoint uses: products (never
+        service lines such as postage) by distinct buyers in the last ``days`` days, ties by
+        all-time buyers, then by id. Also returns every item's buyers in the window."""
         recent = self.item_buyers(days)
         total = self.item_buyers(None)
         order = np.lexsort((np.arange(self.n_items), -total, -recent))
-        return order, recent
+        return order[self.item_nonproduct[order] == 0], recent
 
 
 # --------------------------------------------------------------------------------------------
@@ -361,7 +359,7 @@ class RecommenderBase(ABC):
         return model
 
     def popular(self, k: int = 10, days: float | None = None) -> pd.DataFrame:
-        """The most bought items (distinct buyers) in the last ``days`` days before ``as_of``."""
+        """The first ``k`` of the popular list (:meth:`History.popular_order`)."""
         h = self._check_fitted()
         days = self._popular_days() if days is None else days
         order, recent = h.popular_order(days)

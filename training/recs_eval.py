@@ -24,7 +24,7 @@ from collections.abc import Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from patron.features.compute import to_utc
+from patron.times import to_utc
 
 Truth = Mapping[int, frozenset]
 

@@ -33,6 +33,8 @@ from typing import Any, Self
 import numpy as np
 import pandas as pd
 
+from patron.rules import product_sale
+from patron.times import utc_timestamp
 from patron.training.formats import check_format
 
 log = logging.getLogger(__name__)
@@ -41,9 +43,6 @@ FORMAT_NAME = "patron-session"
 FORMAT_VERSION = 1
 META_FILE = "session.json"
 ARRAYS_FILE = "session.npz"
-# Line classes that are real product purchases: returns and service lines (postage, fees) say
-# nothing about what goes together in a basket.
-BASKET_LINE_CLASSES = ("sale", "guest")
 _ARRAY_NAMES = ("in_emb", "out_emb", "out_bias")
 
 
@@ -90,26 +89,15 @@ class SessionParams:
             raise ValueError(f"invalid session model parameters: {', '.join(bad)}")
 
 
-def _as_of_utc(as_of: dt.date | dt.datetime | pd.Timestamp | str) -> pd.Timestamp:
-    """Dates mean midnight UTC and naive times are UTC, as everywhere in Patron's order lines."""
-    ts = pd.Timestamp(as_of)
-    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
-
-
 def basket_lines(lines: pd.DataFrame, as_of: dt.date | dt.datetime | pd.Timestamp | str) -> pd.DataFrame:
     """The purchase lines before ``as_of`` that can form baskets: product sales to known customers
     and guests, positive quantity, a product id."""
     missing = [c for c in ("invoice_no", "item_id", "quantity", "invoice_ts", "line_class") if c not in lines.columns]
     if missing:
         raise ValueError(f"order lines need the columns {missing}; got {list(lines.columns)}")
-    t = _as_of_utc(as_of)
+    t = utc_timestamp(as_of)
     ts = pd.to_datetime(lines["invoice_ts"], utc=True)  # naive times are UTC, like everywhere else
-    keep = (
-        lines["line_class"].isin(BASKET_LINE_CLASSES).to_numpy()
-        & (lines["quantity"].to_numpy() > 0)
-        & lines["item_id"].notna().to_numpy()
-        & (ts < t).to_numpy()
-    )
+    keep = product_sale(lines["line_class"], lines["item_id"], lines["quantity"]) & (ts < t).to_numpy()
     return pd.DataFrame({
         "invoice_no": lines["invoice_no"].to_numpy()[keep].astype(str),
         "item_id": lines["item_id"].to_numpy()[keep].astype(str),
@@ -130,7 +118,7 @@ class Baskets:
     def build(cls, lines: pd.DataFrame, as_of: dt.date | dt.datetime | pd.Timestamp | str) -> "Baskets":
         """Baskets with at least two distinct items. Items that never shared a basket with another
         item are left out of the vocabulary: nothing could be learned about them."""
-        t = _as_of_utc(as_of)
+        t = utc_timestamp(as_of)
         df = basket_lines(lines, t).drop_duplicates(["invoice_no", "item_id"])
         size = df.groupby("invoice_no", sort=False)["item_id"].transform("size")
         df = df[size.to_numpy() >= 2]
@@ -183,7 +171,7 @@ class SessionModel:
 
         p = self.params
         t0 = time.perf_counter()
-        self.as_of = _as_of_utc(as_of)
+        self.as_of = utc_timestamp(as_of)
         data = Baskets.build(lines, self.as_of)
         if data.n_baskets == 0:
             raise ValueError(f"no basket with two or more distinct items before {self.as_of.isoformat()}")

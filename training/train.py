@@ -20,7 +20,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-from patron.features.compute import to_utc
+from patron.times import to_utc
 from patron.training import plots, registry
 from patron.training.base import ModelCard
 from patron.training.churn import FEATURE_SERVICE as CHURN_SERVICE

@@ -1,0 +1,38 @@
+"""DuckDB the way Patron uses it: UTC sessions, and the canonical Parquet files as one relation.
+
+Every query over order lines or feature tables goes through :func:`connect` (so that timestamps
+mean the same everywhere) and names its files through :func:`scan` (so that a path with a quote
+in it cannot break or change the SQL).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import duckdb
+
+
+def quote(text: str | Path) -> str:
+    """A SQL string literal."""
+    return "'" + str(text).replace("'", "''") + "'"
+
+
+def scan(paths: Sequence[str | Path]) -> str:
+    """``read_parquet([...])`` over the given files, for a FROM clause."""
+    if not paths:
+        raise ValueError("scan() needs at least one Parquet file")
+    return f"read_parquet([{', '.join(quote(p) for p in paths)}])"
+
+
+def connect(*, memory_limit: str | None = None, temp_dir: Path | None = None) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB session in UTC; with ``memory_limit`` it spills to ``temp_dir`` instead
+    of growing past the limit."""
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    if temp_dir is not None:
+        con.execute(f"SET temp_directory = {quote(temp_dir)}")
+    if memory_limit:
+        con.execute("SET preserve_insertion_order = false")  # lets large aggregations stream
+        con.execute(f"SET memory_limit = {quote(memory_limit)}")
+    return con
