@@ -21,8 +21,8 @@ from pathlib import Path
 from patron.pipelines.evaluate import evaluate_customer_models
 from patron.pipelines.pipeline import run_pipeline
 from patron.settings import PatronSettings
-from patron.training.recs_train import evaluate_recommender
-from patron.training.train import spec_for
+from patron.training.recs.train import evaluate_recommender
+from patron.training.spec import spec_for
 
 SHIPPED = Path(__file__).resolve().parents[1] / "data" / "online-retail" / "daily"
 SELECTION = ("2011-05-01:61", "2011-06-01:30")

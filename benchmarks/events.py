@@ -37,8 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from loadgen import _read_response, build_request, run_sync  # noqa: E402
 from serving_latency import KEYS, customers, free_port, start, stop  # noqa: E402
 
-from patron.settings import PatronSettings  # noqa: E402
 from patron.serving.launch import server_env  # noqa: E402
+from patron.settings import PatronSettings  # noqa: E402
 
 BATCH = 100
 

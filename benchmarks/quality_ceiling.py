@@ -23,11 +23,14 @@ import pandas as pd
 from sklearn.model_selection import KFold, StratifiedKFold
 
 from patron.settings import PatronSettings
-from patron.training.churn import ChurnModel, classification_metrics, rfm_logistic
+from patron.training.customer.baselines import rfm_logistic
+from patron.training.customer.churn import ChurnModel
+from patron.training.customer.ltv import LTVModel
+from patron.training.customer.metrics import classification_metrics, value_metrics
+from patron.training.customer.train import customer_frames
 from patron.training.data import load_lines
 from patron.training.frames import labels
-from patron.training.ltv import LTVModel, value_metrics
-from patron.training.train import customer_frames, spec_for
+from patron.training.spec import spec_for
 
 
 def main() -> None:

@@ -33,8 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from loadgen import build_request, run_sync  # noqa: E402
 
 from patron.features.ingest import OrderStore  # noqa: E402
-from patron.settings import REPO_ROOT, PatronSettings  # noqa: E402
 from patron.serving.launch import server_env, wait_ready  # noqa: E402
+from patron.settings import REPO_ROOT, PatronSettings  # noqa: E402
 
 KEYS = {"storefront": "bench-sf", "crm": "bench-crm", "admin": "bench-admin"}
 

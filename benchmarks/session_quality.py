@@ -18,9 +18,9 @@ Scorers, all through the same code:
 
 * ``popular``: distinct invoices per item in the 30 days before ``as_of``;
 * ``co-purchase``: shrunk cosine item-item similarity over invoices
-  (:func:`training.recs.basket_similarity`, 100 neighbours, shrink 2), score = sum of the
+  (:func:`patron.training.recs.sources.basket_similarity`, 100 neighbours, shrink 2), score = sum of the
   similarities to the context items, popularity breaking ties;
-* ``session``: :class:`training.session.SessionModel`;
+* ``session``: :class:`patron.training.recs.session.SessionModel`;
 * ``blend``: ``a * session + (1 - a) * co-purchase``, each divided by its maximum over the query.
 
 Hyper-parameters are chosen on the validation split only (fit before 2011-05-01, test May 2011)::
@@ -55,8 +55,8 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from patron.training.data import load_lines  # noqa: E402
-from patron.training.recs import basket_similarity  # noqa: E402
-from patron.training.session import SessionModel, SessionParams, basket_lines  # noqa: E402
+from patron.training.recs.session import SessionModel, SessionParams, basket_lines  # noqa: E402
+from patron.training.recs.sources import basket_similarity  # noqa: E402
 
 COLUMNS = ("customer_id", "invoice_no", "item_id", "quantity", "unit_price", "amount", "invoice_ts", "line_class")
 SPLITS = {

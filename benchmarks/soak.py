@@ -27,8 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from loadgen import build_request, run_sync  # noqa: E402
 from serving_latency import KEYS, customers, free_port, start, stop  # noqa: E402
 
-from patron.settings import REPO_ROOT, PatronSettings  # noqa: E402
 from patron.serving.launch import server_env  # noqa: E402
+from patron.settings import REPO_ROOT, PatronSettings  # noqa: E402
 
 
 def rss_mib(pid: int) -> float:

@@ -18,14 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from patron import duck
+from patron.features.catalog import CUSTOMER_FEATURES_FILE, PRODUCT_FEATURES_FILE
 from patron.features.ingest import OrderStore
 from patron.rules import PRODUCT_SALE_SQL, VALID_PURCHASE_SQL
 from patron.times import to_utc
 
 log = logging.getLogger(__name__)
 
-CUSTOMER_FEATURES_FILE = "customer_features.parquet"
-PRODUCT_FEATURES_FILE = "product_features.parquet"
 
 
 class NoDataError(Exception):

@@ -18,9 +18,9 @@ import pandas as pd
 import yaml
 from feast import FeatureStore, RepoConfig
 
-from patron.features.compute import CUSTOMER_FEATURES_FILE, PRODUCT_FEATURES_FILE
-from patron.times import to_utc
 from patron.faults import crash_point
+from patron.features.catalog import CUSTOMER_FEATURES_FILE, PRODUCT_FEATURES_FILE
+from patron.times import to_utc
 
 log = logging.getLogger(__name__)
 

@@ -75,7 +75,8 @@ def ingest(
     home: HomeOpt = None,
 ) -> None:
     """Validate, normalise and classify raw order exports into canonical order lines."""
-    from patron.features.ingest import IngestError, find_files, ingest as run_ingest
+    from patron.features.ingest import IngestError, find_files
+    from patron.features.ingest import ingest as run_ingest
 
     settings = _settings(home)
     paths = settings.paths()
@@ -338,8 +339,9 @@ def train(
 
 
 def run_training(settings: PatronSettings, kinds: tuple[str, ...], as_of: dt.datetime, horizon_days: int) -> list:
+    from patron.training.customer.train import train_customer_models
     from patron.training.frames import TooLittleHistoryError
-    from patron.training.train import spec_for, train_customer_models
+    from patron.training.spec import spec_for
 
     spec = spec_for(settings, as_of, horizon_days)
     results = []
@@ -349,7 +351,7 @@ def run_training(settings: PatronSettings, kinds: tuple[str, ...], as_of: dt.dat
             with console.status(f"training {', '.join(customer)} as of {spec.as_of.date()}"):
                 results += train_customer_models(spec, customer)
         if "recs" in kinds:
-            from patron.training.recs_train import train_recommender
+            from patron.training.recs.train import train_recommender
 
             with console.status(f"training the recommender as of {spec.as_of.date()}"):
                 results.append(train_recommender(spec))
@@ -415,7 +417,7 @@ def export(
     from patron.pipelines.export import export_all
     from patron.training.frames import TooLittleHistoryError
     from patron.training.registry import RegistryError
-    from patron.training.train import spec_for
+    from patron.training.spec import spec_for
 
     settings = _settings(home)
     spec = spec_for(settings, as_of, horizon_days)
@@ -508,7 +510,7 @@ def evaluate(
     """Backtest: score the champions as of --as-of against what customers did in the following window."""
     from patron.pipelines.evaluate import WindowNotObservedError, evaluate_customer_models
     from patron.training.registry import RegistryError
-    from patron.training.train import spec_for
+    from patron.training.spec import spec_for
 
     settings = _settings(home)
     spec = spec_for(settings, as_of, horizon_days)
@@ -519,7 +521,7 @@ def evaluate(
         if customer:
             results += evaluate_customer_models(spec, customer)
         if "recs" in kinds:
-            from patron.training.recs_train import evaluate_recommender
+            from patron.training.recs.train import evaluate_recommender
 
             results.append(evaluate_recommender(spec))
     except (WindowNotObservedError, RegistryError, ValueError) as exc:

@@ -18,11 +18,14 @@ import numpy as np
 import pandas as pd
 
 from patron.training import registry
-from patron.training.churn import ChurnModel, classification_metrics, recency_baseline, rfm_logistic
+from patron.training.customer.baselines import recency_baseline, rfm_logistic
+from patron.training.customer.churn import ChurnModel
+from patron.training.customer.ltv import LTVModel
+from patron.training.customer.metrics import classification_metrics, tier_table, value_metrics
+from patron.training.customer.train import customer_frames
 from patron.training.data import load_lines
 from patron.training.frames import labels
-from patron.training.ltv import LTVModel, tier_table, value_metrics
-from patron.training.train import TrainSpec, customer_frames
+from patron.training.spec import TrainSpec
 
 log = logging.getLogger(__name__)
 

@@ -18,10 +18,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from patron.training import registry
-from patron.training.churn import ChurnModel
+from patron.training.customer.churn import ChurnModel
+from patron.training.customer.ltv import LTVModel
+from patron.training.customer.train import customer_frames
 from patron.training.data import known_customers
-from patron.training.ltv import LTVModel
-from patron.training.train import TrainSpec, customer_frames
+from patron.training.spec import TrainSpec
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +86,7 @@ def export_customer_scores(spec: TrainSpec, out_dir: Path) -> ExportResult:
 def export_all(spec: TrainSpec, out_dir: Path) -> ExportResult:
     """All four files of the export contract; recommendation files come from the recommender."""
     result = export_customer_scores(spec, out_dir)
-    from patron.training.recs_train import export_recommendations
+    from patron.training.recs.train import export_recommendations
 
     rec = export_recommendations(spec, out_dir)
     return ExportResult({**result.files, **rec.files}, {**result.versions, **rec.versions})

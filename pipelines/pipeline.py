@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from patron.features.compute import build_features
-from patron.times import to_utc
 from patron.features.ingest import OrderStore, ingest
 from patron.features.store import apply_definitions, materialize, open_store
 from patron.settings import PatronSettings, StatePaths
+from patron.times import to_utc
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,8 @@ def run_pipeline(
     kinds: tuple[str, ...] = ("churn", "ltv", "recs"),
     on_step: Callable[[str, str], None] | None = None,
 ) -> PipelineResult:
-    from patron.training.train import spec_for, train_customer_models
+    from patron.training.customer.train import train_customer_models
+    from patron.training.spec import spec_for
 
     paths = settings.paths()
     as_of = to_utc(as_of)
@@ -147,7 +148,7 @@ def run_pipeline(
     if "recs" in kinds:
 
         def recs() -> dict:
-            from patron.training.recs_train import NoProductDetailError, train_recommender
+            from patron.training.recs.train import NoProductDetailError, train_recommender
 
             try:
                 return summary(train_recommender(spec))

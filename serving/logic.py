@@ -18,8 +18,8 @@ import pandas as pd
 from patron.features.events import Fresh, apply_purchases
 from patron.serving import schemas as S
 from patron.serving.runtime import Champions, CustomerFeatures, EventsUnavailable, FeaturesUnavailable, Runtime
-from patron.training.churn import risk_band
-from patron.training.recs import SOURCES
+from patron.training.customer.churn import risk_band
+from patron.training.recs.sources import SOURCES
 
 log = logging.getLogger(__name__)
 

@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from patron import duck
+from patron.features.catalog import CHURN_SERVICE, LTV_SERVICE
 from patron.features.events import RECENT_VIEW, EventLog, Fresh, publish
 from patron.features.ingest import OrderStore
 from patron.rules import VALID_PURCHASE_SQL
@@ -31,12 +32,9 @@ from patron.settings import PatronSettings
 from patron.times import utc_timestamp
 from patron.training import registry
 from patron.training.base import ModelLoadError
-from patron.training.churn import FEATURE_SERVICE as CHURN_SERVICE
-from patron.training.churn import ChurnModel
-from patron.training.customer import RAW
-from patron.training.ltv import FEATURE_SERVICE as LTV_SERVICE
-from patron.training.ltv import LTVModel
-from patron.training.recs import Recommender
+from patron.training.customer.churn import ChurnModel
+from patron.training.customer.ltv import LTVModel
+from patron.training.recs.model import Recommender
 
 log = logging.getLogger(__name__)
 
@@ -278,7 +276,7 @@ def load_champions(settings: PatronSettings, store) -> Champions:
                 raise ModelRefused(str(exc)) from exc
             except Exception as exc:  # a champion whose artifact is missing or unreadable
                 raise ModelRefused(f"{name}: the champion's artifact cannot be read ({exc})") from exc
-            card = _card(directory)
+            card = _read_card(directory)
             if service is not None and card.get("feature_service") != service:
                 raise ModelRefused(
                     f"{name} v{version} was trained on feature service {card.get('feature_service')}, "
@@ -311,7 +309,7 @@ def load_champions(settings: PatronSettings, store) -> Champions:
     )
 
 
-def _card(directory: Path) -> dict:
+def _read_card(directory: Path) -> dict:
     import json
 
     try:

@@ -69,9 +69,9 @@ def free_port() -> int:
 @pytest.fixture(scope="session")
 def trained_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A state directory with all three champions trained on a small synthetic shop."""
-    from patron_synth.shop import generate
     from patron.pipelines import pipeline as pl
     from patron.settings import PatronSettings
+    from patron_synth.shop import generate
 
     src = tmp_path_factory.mktemp("shop")
     generate(src, customers=400, products=100, days=240, start=dt.date(2023, 1, 2), seed=5)
@@ -85,8 +85,8 @@ def trained_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 class Server:
     def __init__(self, home: Path, *, wait: bool = True, **env: str) -> None:
-        from patron.settings import REPO_ROOT, PatronSettings
         from patron.serving.launch import server_env, wait_ready
+        from patron.settings import REPO_ROOT, PatronSettings
 
         self.home = home
         self.port = free_port()

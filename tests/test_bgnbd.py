@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import json
 import math
 from collections.abc import Callable
@@ -13,7 +12,8 @@ import pandas as pd
 import pytest
 from scipy import integrate, stats
 
-from patron.training.bgnbd import BetaGeoModel, GammaGammaModel
+from patron.training.customer.beta_geo import BetaGeoModel
+from patron.training.customer.gamma_gamma import GammaGammaModel
 
 CDNOW = Path(__file__).resolve().parent / "data" / "cdnow" / "cdnow_customers_summary_with_transactions.csv"
 
@@ -250,7 +250,7 @@ def test_expected_spend_shrinks_towards_population_mean() -> None:
 def test_lifetime_value_from_the_purchase_history_model(cdnow: pd.DataFrame) -> None:
     """What the customer models take from BG/NBD + Gamma-Gamma (training.customer.PurchaseHistory,
     fed by the btyd_* features in days) on the published CDNOW parameters."""
-    from patron.training.customer import PurchaseHistory
+    from patron.training.customer.history import PurchaseHistory
 
     gg = GammaGammaModel(**GG_PUBLISHED)
     frame = pd.DataFrame({"btyd_frequency": cdnow["x"], "btyd_recency_days": cdnow["t_x"] * 7,

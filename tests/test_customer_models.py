@@ -11,9 +11,10 @@ import pandas as pd
 import pytest
 
 from patron.training.base import ModelCard, ModelLoadError
-from patron.training.churn import ChurnModel, classification_metrics, risk_band
+from patron.training.customer.churn import ChurnModel, risk_band
+from patron.training.customer.ltv import LTVModel, assign_tier, tier_cutoffs
+from patron.training.customer.metrics import classification_metrics, tier_table, value_metrics
 from patron.training.frames import TooLittleHistoryError, labels, plan_snapshots, population
-from patron.training.ltv import LTVModel, assign_tier, tier_cutoffs, tier_table, value_metrics
 
 UTC = dt.timezone.utc
 
@@ -207,7 +208,7 @@ def test_labels_count_only_the_window() -> None:
 
 def test_the_fast_scorers_give_scikit_learns_numbers() -> None:
     """The request path scores with plain arrays; they must agree with the fitted estimators."""
-    from patron.training.customer import log_features, tree_features, with_history
+    from patron.training.customer.inputs import log_features, tree_features, with_history
 
     test = cohorts(seed=11)
     churn = fitted_churn()

@@ -16,8 +16,8 @@ import pandas as pd
 import pytest
 
 from patron.features.events import EventLog, Fresh, apply_purchases, publish
-from patron.settings import StatePaths
 from patron.features.ingest import ingest
+from patron.settings import StatePaths
 from tests.conftest import write_raw
 
 T0 = dt.datetime(2011, 7, 1, 10, 0, tzinfo=dt.timezone.utc)
@@ -260,10 +260,10 @@ def test_the_pipeline_takes_the_event_purchases_in(tmp_path: Path) -> None:
 
 
 def test_a_pipeline_run_counts_the_stored_purchases_as_orders(tmp_path: Path) -> None:
-    from patron_synth.shop import generate
     from patron.pipelines.pipeline import run_pipeline
     from patron.settings import PatronSettings
     from patron.training.data import load_lines
+    from patron_synth.shop import generate
 
     shop = tmp_path / "shop"
     generate(shop, customers=60, products=30, days=60, start=dt.date(2023, 1, 2), seed=3)

@@ -12,8 +12,15 @@ import redis
 
 from patron.features.compute import build_features
 from patron.features.ingest import ingest
-from patron.features.store import apply_definitions, historical_features, materialize, online_customer_features, open_store, redis_connection_string
 from patron.features.repo.feature_services import CUSTOMER_BEHAVIOUR
+from patron.features.store import (
+    apply_definitions,
+    historical_features,
+    materialize,
+    online_customer_features,
+    open_store,
+    redis_connection_string,
+)
 from tests.conftest import SHIPPED
 
 AS_OF = dt.date(2011, 3, 1)

@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 
 from patron.features.compute import build_features, snapshot_grid
-from patron.times import to_utc
 from patron.features.ingest import ingest
+from patron.times import to_utc
 from tests.conftest import line, write_raw
 
 UTC = dt.timezone.utc

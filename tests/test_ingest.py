@@ -12,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from patron.features import ingest as ing
-from patron.features.ingest import OrderStore, SchemaError, UnreadableFileError, ingest, read_quarantine
+from patron.features.ingest import OrderStore, SchemaError, UnreadableFileError, ingest, ledger, read_quarantine
 from tests.conftest import SHIPPED, line, write_raw
 
 DAY1 = [
@@ -175,10 +175,10 @@ def test_a_crash_while_committing_leaves_no_partial_day(tmp_path: Path, home: Pa
             raise OSError("simulated crash")
         real_replace(src, dst)
 
-    monkeypatch.setattr(ing.os, "replace", dying_replace)
+    monkeypatch.setattr(ledger.os, "replace", dying_replace)
     with pytest.raises(OSError, match="simulated crash"):
         ingest([f], home / "data")
-    monkeypatch.setattr(ing.os, "replace", real_replace)
+    monkeypatch.setattr(ledger.os, "replace", real_replace)
     assert canonical(home / "data").empty  # the moved part is not committed, readers ignore it
     leftovers = list((home / "data" / "order_lines").rglob("*.parquet"))
     assert leftovers, "the simulated crash should have left a moved part behind"

@@ -9,13 +9,13 @@ import mlflow
 import pandas as pd
 import pytest
 
-from patron_synth.shop import generate
 from patron.pipelines import pipeline as pl
 from patron.pipelines.export import export_all
 from patron.settings import PatronSettings
 from patron.training.data import load_lines
-from patron.training.recs_eval import seen_items
-from patron.training.train import spec_for
+from patron.training.recs.eval import seen_items
+from patron.training.spec import spec_for
+from patron_synth.shop import generate
 
 START = dt.date(2023, 1, 2)
 AS_OF = dt.date(2023, 8, 1)
@@ -31,7 +31,7 @@ def shop(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_pipeline_end_to_end_then_a_rerun_skips_what_is_done(shop: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     settings = PatronSettings(home=tmp_path / "home")
-    import patron.training.train as tt
+    import patron.training.customer.train as tt
 
     real = tt.train_customer_models
 

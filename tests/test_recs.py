@@ -14,16 +14,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from patron.training.recs import Recommender, TreeEnsemble, load_model
-from patron.training.recs_baselines import (
-    ALSRecommender,
-    BuyAgainRecommender,
-    EASERecommender,
-    FormatVersionError,
-    PopularityRecommender,
-    REC_COLUMNS,
-)
-from patron.training.recs_eval import evaluate, ground_truth, ndcg_at_k, recall_at_k, seen_items
+from patron.training.recs.base import REC_COLUMNS, FormatVersionError, load_model
+from patron.training.recs.baselines import ALSRecommender, BuyAgainRecommender, EASERecommender, PopularityRecommender
+from patron.training.recs.eval import evaluate, ground_truth, ndcg_at_k, recall_at_k, seen_items
+from patron.training.recs.model import Recommender
+from patron.training.trees import TreeEnsemble
 
 AS_OF = dt.date(2011, 7, 1)
 START = pd.Timestamp("2011-01-03", tz="UTC")
@@ -335,7 +330,7 @@ def test_precomputed_lists_equal_the_scored_lists_and_survive_save_load(cluster,
 
 
 def test_anonymous_baskets_use_the_session_model_and_keep_it_on_save_load(cluster, tmp_path):
-    from patron.training.session import SessionModel, SessionParams
+    from patron.training.recs.session import SessionModel, SessionParams
 
     lines, group_a, group_b = cluster
     model = Recommender(**FAST).fit(lines, AS_OF)

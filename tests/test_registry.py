@@ -7,10 +7,11 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from tests.test_customer_models import card, cohorts, fitted_churn
-from patron.training.train import INPUT_COLUMNS
 from patron.training import registry
-from patron.training.churn import ChurnModel, classification_metrics
+from patron.training.customer.churn import ChurnModel
+from patron.training.customer.columns import INPUT_COLUMNS
+from patron.training.customer.metrics import classification_metrics
+from tests.test_customer_models import card, cohorts, fitted_churn
 
 
 @pytest.fixture

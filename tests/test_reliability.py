@@ -73,7 +73,7 @@ def test_a_pipeline_killed_in_ingest_materialisation_and_registration_loses_and_
     orphan = [v for v in versions if v.version != champion.version][0]
     assert not orphan.aliases  # no alias ever points at the version whose registration was cut short
     from patron.training import registry
-    from patron.training.churn import ChurnModel
+    from patron.training.customer.churn import ChurnModel
 
     registry.configure(home / "mlruns")
     try:
@@ -191,7 +191,7 @@ def test_when_redis_goes_away_the_service_degrades_and_recovers_by_itself(traine
 def register_variant(home: Path, kind: str, change) -> str:
     """A new registered version of the current champion's model directory, altered by ``change``."""
     from patron.training import registry
-    from patron.training.train import INPUT_COLUMNS
+    from patron.training.customer.columns import INPUT_COLUMNS
 
     registry.configure(home / "mlruns")
     with tempfile.TemporaryDirectory() as tmp:

@@ -121,7 +121,7 @@ def test_service_lines_are_recognised_the_same_in_sql_and_in_python(code, expect
 
 
 def test_the_popular_list_ranks_products_by_recent_buyers_and_never_lists_service_lines() -> None:
-    from patron.training.recs_baselines import History
+    from patron.training.recs.history import History
 
     as_of = dt.datetime(2023, 3, 1, tzinfo=UTC)
     rows = []
@@ -150,7 +150,7 @@ def test_the_popular_list_ranks_products_by_recent_buyers_and_never_lists_servic
         (r"starts_with\(invoice_no, 'C'\)|startswith\(\"C\"\)|CANCELLATION_PREFIX = ", "patron/rules.py"),
         (r"\"BANK CHARGES\"|\"AMAZONFEE\"", "patron/rules.py"),
         (r"IN \('sale', 'guest'\)", "patron/rules.py"),
-        (r"item_nonproduct\[order\] == 0", "training/recs_baselines.py"),
+        (r"item_nonproduct\[order\] == 0", "training/recs/history.py"),
     ],
 )
 def test_each_rule_is_written_once(pattern: str, home: str) -> None:

@@ -1,4 +1,4 @@
-"""Basket completion (training.session) on tiny baskets with a known answer.
+"""Basket completion (patron.training.recs.session) on tiny baskets with a known answer.
 
 Items A, B, C are always bought together, and so are X, Y, Z; P is the shop's best seller, bought
 with Q or R. A model that learned anything must complete {A, B} with C, not with the popular P.
@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from patron.training.session import (
+from patron.training.recs.session import (
     ARRAYS_FILE,
     META_FILE,
     Baskets,
@@ -209,7 +209,7 @@ def test_serving_a_saved_model_does_not_need_torch(tmp_path: Path, model: Sessio
     d = model.save(tmp_path / "m")
     code = (
         "import sys; sys.modules['torch'] = None\n"  # any `import torch` now fails
-        "from patron.training.session import SessionModel\n"
+        "from patron.training.recs.session import SessionModel\n"
         f"m = SessionModel.load({str(d)!r})\n"
         "print(m.recommend(['A', 'B'], k=1)[0][0])\n"
     )

@@ -79,3 +79,14 @@ def load_estimator(path: Path) -> Any:
         raise
     except Exception as exc:  # skops raises many types for a damaged zip
         raise ModelLoadError(f"{path}: corrupt model file ({exc})") from exc
+
+
+def write_json(path: Path, data: dict) -> None:
+    path.write_text(json.dumps(data, indent=1, sort_keys=True))
+
+
+def read_json(path: Path) -> dict:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"{path}: missing or unreadable ({exc})") from exc

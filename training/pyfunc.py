@@ -18,7 +18,7 @@ class ChurnPyfunc(mlflow.pyfunc.PythonModel):
     """Features in (the churn feature service's columns), probability and risk band out."""
 
     def load_context(self, context: Any) -> None:
-        from patron.training.churn import ChurnModel
+        from patron.training.customer.churn import ChurnModel
 
         self.model = ChurnModel.load(Path(context.artifacts["model"]), feature_service=None)
 
@@ -30,7 +30,7 @@ class LTVPyfunc(mlflow.pyfunc.PythonModel):
     """Features in, predicted spend, orders, P(alive) and tier out (``params={"as_of": ...}``)."""
 
     def load_context(self, context: Any) -> None:
-        from patron.training.ltv import LTVModel
+        from patron.training.customer.ltv import LTVModel
 
         self.model = LTVModel.load(Path(context.artifacts["model"]), feature_service=None)
 
@@ -43,7 +43,7 @@ class RecsPyfunc(mlflow.pyfunc.PythonModel):
     """Customer ids in, ranked items out (``params={"k": 20, "new_only": False}``)."""
 
     def load_context(self, context: Any) -> None:
-        from patron.training.recs import Recommender
+        from patron.training.recs.model import Recommender
 
         self.model = Recommender.load(Path(context.artifacts["model"]))
 

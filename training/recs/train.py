@@ -2,7 +2,7 @@
 
 The holdout mirrors the customer models: the recommender and every baseline are fitted on lines
 before ``as_of - horizon`` and scored on the purchases of [as_of - horizon, as_of), with the same
-code (training.recs_eval). The registered model is then fitted on everything before ``as_of``.
+code (:mod:`patron.training.recs.eval`). The registered model is then fitted on everything before ``as_of``.
 """
 
 from __future__ import annotations
@@ -23,10 +23,10 @@ import pyarrow.parquet as pq
 
 from patron.training import plots, registry
 from patron.training.data import known_customers, load_lines
-from patron.training.recs import Recommender
-from patron.training.recs_baselines import BASELINES
-from patron.training.recs_eval import evaluate, evaluate_model, ground_truth, population, seen_items
-from patron.training.train import TrainResult, TrainSpec, _card
+from patron.training.recs.baselines import BASELINES
+from patron.training.recs.eval import evaluate, evaluate_model, ground_truth, population, seen_items
+from patron.training.recs.model import Recommender
+from patron.training.spec import TrainResult, TrainSpec, model_card
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +102,7 @@ def train_recommender(spec: TrainSpec) -> TrainResult:
         with tempfile.TemporaryDirectory() as tmp:
             model_dir = Path(tmp) / "recommender"
             model.save(model_dir)
-            _card("recommender", FEATURE_SERVICE, spec, None, notes).save(model_dir)
+            model_card("recommender", FEATURE_SERVICE, spec, [], notes).save(model_dir)
             customers = population(lines, spec.as_of)[:3]
             example = pd.DataFrame({"customer_id": customers})
             output = model.recommend(customers, k=5)[["customer_id", "rank", "item_id", "score", "source"]]
@@ -119,7 +119,7 @@ def train_recommender(spec: TrainSpec) -> TrainResult:
 
 def _attach_session_model(model: Recommender, spec: TrainSpec, notes: list[str]) -> None:
     """Fit the basket-completion model on every basket before as_of (guests' too) and attach it."""
-    from patron.training.session import SessionModel
+    from patron.training.recs.session import SessionModel
 
     baskets = load_lines(spec.data_dir, end=spec.as_of, valid_only=False,
                          columns=("customer_id", "invoice_no", "item_id", "quantity", "unit_price", "amount", "invoice_ts", "line_class"))

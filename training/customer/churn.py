@@ -1,7 +1,7 @@
 """Churn: the probability that a customer makes no purchase within the horizon.
 
-The average of two calibrated models over the churn_v2 features (see :mod:`training.customer` for
-why two): a logistic regression on log-scaled behaviour and purchase-history outputs, and
+The average of two calibrated models over the churn_v2 features (see :mod:`patron.training.customer.inputs`
+for why two): a logistic regression on log-scaled behaviour and purchase-history outputs, and
 gradient-boosted trees calibrated with isotonic regression, so that the probability means what it
 says (0.7 = seven in ten such customers do not come back). What must hold for any shop is built
 in: in the trees, a longer time since the last order never lowers the risk and a higher BG/NBD
@@ -24,40 +24,32 @@ import pandas as pd
 from sklearn.base import BaseEstimator
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.ensemble import HistGradientBoostingClassifier
-from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import brier_score_loss, log_loss, roc_auc_score
-from sklearn.pipeline import Pipeline, make_pipeline
-from sklearn.preprocessing import StandardScaler
+from sklearn.pipeline import Pipeline
 
-from patron.training.base import ModelCard, ModelLoadError, load_estimator, save_estimator
-from patron.training.customer import (
+from patron.features.catalog import CHURN_SERVICE
+from patron.training.base import ModelCard, ModelLoadError, load_estimator, read_json, save_estimator, write_json
+from patron.training.customer.columns import RAW, Cols, as_columns, check_columns
+from patron.training.customer.history import PurchaseHistory
+from patron.training.customer.inputs import (
     LOG,
-    RAW,
+    SIGNS,
     TREE,
-    CalibratedTrees,
-    Cols,
-    LinearScorer,
-    PurchaseHistory,
-    as_columns,
+    by_snapshot,
     enrich,
-    log_matrix,
-    tree_matrix,
-    check_columns,
     frequent_countries,
     log_features,
-    read_json,
+    log_matrix,
     tree_features,
+    tree_matrix,
     with_history,
-    write_json,
 )
+from patron.training.customer.linear import CalibratedTrees, LinearScorer, fit_signed_logistic
 
 log = logging.getLogger(__name__)
 
-FEATURE_SERVICE = "churn_v2"
+FEATURE_SERVICE = CHURN_SERVICE
 FEATURES = [*TREE, "country_code"]  # the trees' inputs
 MONOTONIC = {"recency_days": 1, "overdue": 1, "bg_p_alive": -1, "orders_30d": -1, "orders_90d": -1}
-# Linear terms whose sign is known: +1 may only raise the risk, -1 only lower it.
-SIGNS = {"log_recency": 1, "log_overdue": 1, "log_p_alive": -1, "log_expected_orders": -1}
 # Features a CRM user can act on, in words; reason codes are drawn from these.
 REASON_TEXT = {
     "recency_days": "days since the last order",
@@ -78,28 +70,6 @@ DEFAULT_BANDS = (0.35, 0.65)  # low < 0.35 <= medium < 0.65 <= high
 def risk_band(p: np.ndarray | float, bands: tuple[float, float] = DEFAULT_BANDS) -> np.ndarray:
     p = np.asarray(p, dtype=float)
     return np.where(p >= bands[1], "high", np.where(p >= bands[0], "medium", "low"))
-
-
-def fit_signed_logistic(x: pd.DataFrame, y: np.ndarray, signs: dict[str, int], C: float = 0.3) -> tuple[Pipeline, list[str]]:
-    """Logistic regression on standardised inputs; a feature of known direction whose coefficient
-    comes out with the wrong sign (collinearity does that) is dropped and the model refitted."""
-    cols = list(x.columns)
-    while True:
-        model = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=3000)).fit(x[cols].to_numpy(), y)
-        coef = dict(zip(cols, model[-1].coef_[0]))
-        wrong = [c for c, s in signs.items() if c in coef and coef[c] * s < 0]
-        if not wrong:
-            return model, cols
-        cols.remove(max(wrong, key=lambda c: abs(coef[c])))
-
-
-def by_snapshot(frame: pd.DataFrame, horizon_days: int) -> pd.DataFrame:
-    """Each snapshot's rows with purchase-history outputs from a model fitted on that snapshot:
-    the same as at prediction time, when the model is fitted on today's customers."""
-    if "snapshot" not in frame.columns:
-        return with_history(frame, PurchaseHistory.fit(frame), horizon_days)
-    parts = [with_history(g, PurchaseHistory.fit(g), horizon_days) for _, g in frame.groupby("snapshot", sort=True)]
-    return pd.concat(parts).loc[frame.index]
 
 
 @dataclass
@@ -281,34 +251,3 @@ class ChurnModel:
         if not label_free:
             model._compile()
         return model
-
-
-# ---------------------------------------------------------------------- baselines and metrics
-
-
-def recency_baseline(frame: pd.DataFrame) -> np.ndarray:
-    """Score = days since the last order: the simplest churn signal."""
-    return frame["recency_days"].to_numpy(dtype=float)
-
-
-def rfm_logistic(train: pd.DataFrame) -> "callable":
-    """Logistic regression on log recency, frequency and monetary value."""
-
-    def rfm(frame: pd.DataFrame) -> np.ndarray:
-        return np.log1p(frame[["recency_days", "frequency", "monetary_total"]].clip(lower=0).astype(float).to_numpy())
-
-    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000)).fit(rfm(train), train["churned"])
-    return lambda frame: model.predict_proba(rfm(frame))[:, 1]
-
-
-def classification_metrics(y: np.ndarray, score: np.ndarray, *, probabilities: bool) -> dict[str, float]:
-    m = {"roc_auc": float(roc_auc_score(y, score))}
-    if probabilities:
-        s = np.clip(score, 1e-6, 1 - 1e-6)
-        m["brier"] = float(brier_score_loss(y, s))
-        m["log_loss"] = float(log_loss(y, s))
-    # lift of the riskiest decile: churn rate there over the base rate
-    order = np.argsort(-score, kind="stable")
-    top = order[: max(1, len(order) // 10)]
-    m["top_decile_lift"] = float(y[top].mean() / max(y.mean(), 1e-9))
-    return m

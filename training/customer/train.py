@@ -8,33 +8,27 @@ labelled snapshots (holdout included), so that it has seen the most recent behav
 
 from __future__ import annotations
 
-import datetime as dt
-import json
 import logging
 import tempfile
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import mlflow
 import numpy as np
 import pandas as pd
 
-from patron.times import to_utc
+from patron.features.catalog import CHURN_SERVICE, LTV_SERVICE
 from patron.training import plots, registry
-from patron.training.base import ModelCard
-from patron.training.churn import FEATURE_SERVICE as CHURN_SERVICE
-from patron.training.churn import ChurnModel, classification_metrics, recency_baseline, rfm_logistic
-from patron.training.customer import RAW
+from patron.training.customer.baselines import recency_baseline, rfm_logistic
+from patron.training.customer.churn import ChurnModel
+from patron.training.customer.columns import INPUT_COLUMNS, RAW
+from patron.training.customer.ltv import LTVModel
+from patron.training.customer.metrics import classification_metrics, tier_table, value_metrics
 from patron.training.data import load_lines
 from patron.training.frames import SnapshotPlan, TooLittleHistoryError, build_frame, plan_snapshots
-from patron.training.ltv import FEATURE_SERVICE as LTV_SERVICE
-from patron.training.ltv import LTVModel, tier_table, value_metrics
+from patron.training.spec import TrainResult, TrainSpec, model_card
 
 log = logging.getLogger(__name__)
-
-# What the customer models read: the feature service's columns (the logged signature's inputs).
-INPUT_COLUMNS = ["customer_id", "country", *RAW]
 
 
 def input_example(frame: pd.DataFrame) -> pd.DataFrame:
@@ -43,42 +37,6 @@ def input_example(frame: pd.DataFrame) -> pd.DataFrame:
     example = frame.head(5)[INPUT_COLUMNS].copy()
     example[RAW] = example[RAW].astype("float64")
     return example
-
-
-@dataclass(frozen=True)
-class TrainSpec:
-    data_dir: Path
-    feature_repo: Path
-    mlruns: Path
-    as_of: dt.datetime
-    horizon_days: int
-    online_store: str = "sqlite"
-    redis_url: str = "redis://127.0.0.1:6379/0"
-    mlflow_uri: str | None = None
-    seed: int = 0
-
-
-@dataclass
-class TrainResult:
-    kind: str
-    version: str
-    promoted: bool
-    reason: str
-    metrics: dict[str, float]
-    baselines: dict[str, dict[str, float]] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
-
-
-def _card(kind: str, service: str, spec: TrainSpec, plan: SnapshotPlan | None, notes: list[str]) -> ModelCard:
-    return ModelCard(
-        kind=kind,
-        feature_service=service,
-        as_of=spec.as_of.isoformat(),
-        horizon_days=spec.horizon_days,
-        trained_at=dt.datetime.now(dt.timezone.utc).isoformat(),
-        params={"snapshots": [t.date().isoformat() for t in plan.all] if plan else [], "seed": spec.seed},
-        notes=notes,
-    )
 
 
 def _store(spec: TrainSpec):
@@ -192,7 +150,7 @@ def train_churn(spec: TrainSpec, plan, labelled, scoring, notes) -> TrainResult:
 
         with tempfile.TemporaryDirectory() as tmp:
             model_dir = Path(tmp) / "churn"
-            model.save(model_dir, _card("churn", CHURN_SERVICE, spec, plan, notes))
+            model.save(model_dir, model_card("churn", CHURN_SERVICE, spec, plan.all if plan else [], notes))
             example = input_example(scoring)
             _, version = registry.log_and_register("churn", model_dir, input_example=example, output_example=model.score(example, with_reasons=False))
         mlflow.set_tags({"notes": " | ".join(notes) or "supervised", "label_free": str(model.label_free)})
@@ -273,7 +231,7 @@ def train_ltv(spec: TrainSpec, plan, labelled, scoring, notes) -> TrainResult:
         mlflow.log_dict({"cutoffs": dict(zip(["platinum", "gold", "silver"], model.cutoffs))}, "tier_cutoffs.json")
         with tempfile.TemporaryDirectory() as tmp:
             model_dir = Path(tmp) / "ltv"
-            model.save(model_dir, _card("ltv", LTV_SERVICE, spec, plan, notes))
+            model.save(model_dir, model_card("ltv", LTV_SERVICE, spec, plan.all if plan else [], notes))
             example = input_example(scoring)
             out = model.predict(example, spec.as_of).drop(columns=["expected_next_order_date"])
             _, version = registry.log_and_register("ltv", model_dir, input_example=example, output_example=out)
@@ -297,19 +255,3 @@ def train_customer_models(spec: TrainSpec, kinds: tuple[str, ...] = ("churn", "l
     return out
 
 
-def results_json(results: list[TrainResult]) -> str:
-    return json.dumps([r.__dict__ for r in results], indent=2, default=str)
-
-
-def spec_for(settings, as_of: dt.date | dt.datetime, horizon_days: int) -> TrainSpec:
-    paths = settings.paths()
-    return TrainSpec(
-        data_dir=paths.data,
-        feature_repo=paths.feature_repo,
-        mlruns=paths.mlruns,
-        as_of=to_utc(as_of),
-        horizon_days=horizon_days,
-        online_store=settings.online_store,
-        redis_url=settings.redis_url,
-        mlflow_uri=settings.mlflow_uri,
-    )

@@ -2,7 +2,7 @@
 expected next order date, and a tier.
 
 Predicted spend is the average of two estimates over the ltv_v2 features (see
-:mod:`training.customer` for why two model families):
+:mod:`patron.training.customer.inputs` for why two model families):
 
 * a two-part model: P(any order in the horizon) from a logistic regression on log-scaled
   behaviour, times the expected spend of a buyer from a linear model of log spend (retransformed
@@ -24,38 +24,34 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy.stats import spearmanr
 from sklearn.base import BaseEstimator
 from sklearn.ensemble import HistGradientBoostingRegressor
 from sklearn.linear_model import Ridge
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from patron.training.base import ModelCard, ModelLoadError, load_estimator, save_estimator
-from patron.training.churn import SIGNS, by_snapshot, fit_signed_logistic
-from patron.training.trees import TreeEnsemble
-from patron.training.customer import (
+from patron.features.catalog import LTV_SERVICE
+from patron.training.base import ModelCard, ModelLoadError, load_estimator, read_json, save_estimator, write_json
+from patron.training.customer.columns import RAW, as_columns, check_columns
+from patron.training.customer.history import PurchaseHistory
+from patron.training.customer.inputs import (
     LOG,
-    RAW,
+    SIGNS,
     TREE,
-    LinearScorer,
-    PurchaseHistory,
-    as_columns,
+    by_snapshot,
     enrich,
-    log_matrix,
-    tree_matrix,
-    check_columns,
     frequent_countries,
     log_features,
-    read_json,
+    log_matrix,
     tree_features,
-    with_history,
-    write_json,
+    tree_matrix,
 )
+from patron.training.customer.linear import LinearScorer, fit_signed_logistic
+from patron.training.trees import TreeEnsemble
 
 log = logging.getLogger(__name__)
 
-FEATURE_SERVICE = "ltv_v2"
+FEATURE_SERVICE = LTV_SERVICE
 FEATURES = [*TREE, "country_code"]
 TIERS = ("platinum", "gold", "silver", "bronze")
 # Share of customers in each tier, best first: the top 5% are platinum, the next 15% gold, ...
@@ -232,24 +228,3 @@ class LTVModel:
                 setattr(m, name, load_estimator(directory / f"{name}.skops"))
             m._compile()
         return m
-
-
-def value_metrics(actual: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
-    """Rank quality (Spearman), revenue captured by the predicted top 10%, and error."""
-    actual = np.asarray(actual, dtype=float)
-    predicted = np.asarray(predicted, dtype=float)
-    rho = spearmanr(predicted, actual).statistic
-    order = np.argsort(-predicted, kind="stable")
-    top = order[: max(1, int(round(len(order) * 0.10)))]
-    total = actual.sum()
-    return {
-        "spearman": float(rho),
-        "top10_revenue_share": float(actual[top].sum() / total) if total > 0 else float("nan"),
-        "mae": float(np.mean(np.abs(actual - predicted))),
-    }
-
-
-def tier_table(actual: np.ndarray, tiers: np.ndarray) -> pd.DataFrame:
-    df = pd.DataFrame({"tier": tiers, "actual": actual})
-    t = df.groupby("tier")["actual"].agg(customers="size", mean_actual_spend="mean", total_actual_spend="sum")
-    return t.reindex([x for x in TIERS if x in t.index])

@@ -1,0 +1,152 @@
+"""A shop's purchase history as of a date, as arrays: what every recommender learns from.
+
+Customers are indexed internally in the order of their first invoice (time, then invoice number),
+not by id, so that renaming customers does not change any result.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from patron.times import to_utc
+
+DAY = np.timedelta64(86_400_000_000, "us")
+
+
+def product_lines(lines: pd.DataFrame) -> pd.DataFrame:
+    """The lines that name a product: exports without product detail still train churn and LTV,
+    but there is nothing to recommend from them."""
+    return lines[lines["item_id"].notna()] if lines["item_id"].isna().any() else lines
+
+
+@dataclass
+class History:
+    """Everything the models need to know about the lines before ``as_of``, as arrays.
+
+    Ages are in days before ``as_of`` (float). The customer x item matrix ``n_inv`` counts the
+    distinct invoices in which the customer bought the item; ``qty``, ``first_age`` and ``last_age``
+    share its sparsity pattern (same ``indptr``/``indices``).
+    """
+
+    as_of: dt.datetime
+    customers: np.ndarray  # int64, internal order (first invoice)
+    items: np.ndarray  # str, sorted
+    indptr: np.ndarray
+    indices: np.ndarray
+    n_inv: np.ndarray  # float32 per nonzero
+    qty: np.ndarray
+    first_age: np.ndarray
+    last_age: np.ndarray
+    inv_indptr: np.ndarray  # per customer: ages of their invoices, ascending age
+    inv_age: np.ndarray
+    inv_size: np.ndarray  # distinct items per invoice
+    cust_spend: np.ndarray
+    item_price: np.ndarray
+    item_nonproduct: np.ndarray  # uint8
+
+    # ---- construction
+    @classmethod
+    def from_lines(cls, lines: pd.DataFrame, as_of) -> "History":
+        as_of = to_utc(as_of)
+        t0 = pd.Timestamp(as_of)
+        df = product_lines(lines[lines["invoice_ts"] < t0])
+        if df.empty:
+            raise ValueError(f"no order lines with a product before {as_of:%Y-%m-%d}")
+        df = df.sort_values(["invoice_ts", "invoice_no"], kind="stable")
+        customers = df["customer_id"].drop_duplicates().to_numpy(np.int64)
+        items = np.sort(df["item_id"].astype(str).unique()).astype(str)
+        c_map = pd.Series(np.arange(len(customers)), index=customers)
+        ci = c_map.reindex(df["customer_id"].to_numpy()).to_numpy()
+        ii = np.searchsorted(items, df["item_id"].astype(str).to_numpy())
+        age = ((t0 - df["invoice_ts"]).to_numpy() / DAY).astype(np.float64)
+        d = pd.DataFrame({"c": ci, "i": ii, "inv": df["invoice_no"].to_numpy(), "qty": df["quantity"].to_numpy(),
+                          "age": age, "amount": df["amount"].to_numpy(), "price": df["unit_price"].to_numpy()})
+        g = d.groupby(["c", "i"], sort=True).agg(n_inv=("inv", "nunique"), qty=("qty", "sum"),
+                                                 first_age=("age", "max"), last_age=("age", "min"))
+        c_idx = g.index.get_level_values(0).to_numpy()
+        i_idx = g.index.get_level_values(1).to_numpy()
+        indptr = np.zeros(len(customers) + 1, np.int64)
+        np.add.at(indptr, c_idx + 1, 1)
+        indptr = np.cumsum(indptr)
+        invs = d.groupby(["c", "inv"], sort=False).agg(age=("age", "min"), size=("i", "nunique")).reset_index()
+        invs = invs.sort_values(["c", "age"], kind="stable")
+        inv_indptr = np.zeros(len(customers) + 1, np.int64)
+        np.add.at(inv_indptr, invs["c"].to_numpy() + 1, 1)
+        inv_indptr = np.cumsum(inv_indptr)
+        spend = np.bincount(ci, weights=d["amount"].to_numpy(), minlength=len(customers))
+        price = d.groupby("i")["price"].median().reindex(np.arange(len(items))).to_numpy()
+        nonprod = np.zeros(len(items), np.uint8)
+        if "line_class" in df.columns:
+            np_items = np.unique(ii[df["line_class"].to_numpy() == "non_product"])
+            nonprod[np_items] = 1
+        return cls(
+            as_of=as_of, customers=customers, items=items, indptr=indptr, indices=i_idx.astype(np.int32),
+            n_inv=g["n_inv"].to_numpy(np.float32), qty=g["qty"].to_numpy(np.float32),
+            first_age=g["first_age"].to_numpy(np.float32), last_age=g["last_age"].to_numpy(np.float32),
+            inv_indptr=inv_indptr, inv_age=invs["age"].to_numpy(np.float32), inv_size=invs["size"].to_numpy(np.float32),
+            cust_spend=spend.astype(np.float32), item_price=price.astype(np.float32), item_nonproduct=nonprod,
+        )
+
+    # ---- persistence
+    _ARRAYS: ClassVar[tuple[str, ...]] = ("customers", "items", "indptr", "indices", "n_inv", "qty", "first_age",
+                                          "last_age", "inv_indptr", "inv_age", "inv_size", "cust_spend",
+                                          "item_price", "item_nonproduct")
+
+    def to_arrays(self, prefix: str = "h_") -> dict[str, np.ndarray]:
+        return {prefix + k: getattr(self, k) for k in self._ARRAYS}
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray], as_of: dt.datetime, prefix: str = "h_") -> "History":
+        kw = {k: arrays[prefix + k] for k in cls._ARRAYS}
+        kw["items"] = kw["items"].astype(str)
+        return cls(as_of=as_of, **kw)
+
+    # ---- views
+    @property
+    def n_customers(self) -> int:
+        return len(self.customers)
+
+    @property
+    def n_items(self) -> int:
+        return len(self.items)
+
+    def matrix(self, values: np.ndarray | None = None, dtype=np.float32) -> sp.csr_matrix:
+        data = np.ones(len(self.indices), dtype) if values is None else values.astype(dtype)
+        return sp.csr_matrix((data, self.indices, self.indptr), shape=(self.n_customers, self.n_items))
+
+    def customer_index(self, customer_ids: Iterable) -> np.ndarray:
+        """Internal row of each customer id, -1 for unknown customers."""
+        ids = np.asarray(list(customer_ids) if not isinstance(customer_ids, np.ndarray) else customer_ids)
+        if ids.size == 0:
+            return np.zeros(0, np.int64)
+        s = pd.Series(np.arange(self.n_customers), index=self.customers)
+        return s.reindex(ids.astype(np.int64)).fillna(-1).to_numpy(np.int64)
+
+    def item_index(self, item_ids: Iterable) -> np.ndarray:
+        ids = np.asarray([str(x) for x in item_ids], dtype=str)
+        if ids.size == 0:
+            return np.zeros(0, np.int64)
+        pos = np.searchsorted(self.items, ids)
+        pos = np.clip(pos, 0, max(self.n_items - 1, 0))
+        return np.where(self.items[pos] == ids, pos, -1).astype(np.int64)
+
+    def item_buyers(self, days: float | None = None) -> np.ndarray:
+        """Distinct buyers per item in the last ``days`` days (all time with None)."""
+        mask = np.ones(len(self.indices), bool) if days is None else self.last_age < days
+        return np.bincount(self.indices[mask], minlength=self.n_items).astype(np.float64)
+
+    def popular_order(self, days: float | None = 30) -> tuple[np.ndarray, np.ndarray]:
+        """The popular list, the one every recommender, fill-up and endpoint uses: products (never
+        service lines such as postage) by distinct buyers in the last ``days`` days, ties by
+        all-time buyers, then by id. Also returns every item's buyers in the window."""
+        recent = self.item_buyers(days)
+        total = self.item_buyers(None)
+        order = np.lexsort((np.arange(self.n_items), -total, -recent))
+        return order[self.item_nonproduct[order] == 0], recent

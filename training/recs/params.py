@@ -1,0 +1,42 @@
+"""The learned recommender's hyper-parameters."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class RecParams:
+    """Hyper-parameters (chosen on the 2011-04-01 / 2011-05-01 / 2011-06-01 splits only)."""
+
+    label_days: int = 92
+    # candidates per source
+    max_history: int = 200
+    n_cop: int = 80
+    n_als: int = 50
+    n_ease: int = 100
+    n_trend: int = 20
+    n_pop: int = 30
+    # sources
+    popular_days: float = 30.0
+    trend_days: float = 14.0
+    cop_neighbours: int = 100
+    cop_shrink: float = 2.0
+    cop_tau: float = 90.0
+    als_factors: int = 64
+    als_regularization: float = 0.05
+    als_alpha: float = 10.0
+    als_iterations: int = 15
+    ease_lam: float = 300.0
+    ease_min_buyers: int = 3
+    ease_tau: float = 90.0
+    # extra training windows for the rankers, (days before as_of, label days), besides
+    # (label_days, label_days)
+    extra_windows: tuple = ((61, 61), (30, 30))
+    # ranker
+    rk_max_iter: int = 150
+    rk_learning_rate: float = 0.05
+    rk_max_leaf_nodes: int = 15
+    rk_min_samples_leaf: int = 200
+    rk_l2: float = 1.0
+    seed: int = 0

@@ -1,0 +1,384 @@
+"""Candidate sources and the ranker's features, as of one date (fitted on the lines before it).
+
+Sources (each also gives features to the ranker):
+
+* ``buy_again``: the customer's own items, with frequency and recency awareness (orders with the
+  item, the customer's typical re-purchase interval for it vs. the time since the last purchase);
+* ``co_purchase``: items bought in the same baskets as the customer's items (shrunk cosine over
+  invoices), weighted by how often and how recently the customer bought the anchor item;
+* ``als``: implicit's ALS on a log-confidence customer x item matrix;
+* ``ease``: EASE (Steck 2019) item-item weights learned on the binary customer x item matrix,
+  applied to a time-decayed profile of the customer (recent purchases weigh more);
+* ``popular`` (distinct buyers, last ``popular_days`` days) and ``trending`` (buyers in the last
+  ``trend_days`` days vs. the four weeks before).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from patron.training.recs.baselines import als_confidence, ease_weights, fit_als
+from patron.training.recs.history import DAY, History, product_lines
+from patron.training.recs.params import RecParams
+
+SOURCES = ("buy_again", "co_purchase", "als", "ease", "trending", "popular")
+BUY, COP, ALS, EASE, TREND, POP = range(6)
+
+CUSTOMER_FEATURES = ("c_orders", "c_last_age", "c_first_age", "c_items", "c_log_spend", "c_mean_gap",
+                     "c_orders_30", "c_orders_90", "c_basket_size")
+ITEM_FEATURES = ("i_buyers", "i_buyers_7", "i_buyers_30", "i_buyers_90", "i_trend", "i_first_age",
+                 "i_last_age", "i_price", "i_nonproduct", "i_repeat_rate", "i_orders_per_buyer", "i_pop_rank")
+PAIR_FEATURES = ("bought", "ci_orders", "ci_log_qty", "ci_first_age", "ci_last_age", "ci_interval", "ci_due",
+                 "ci_share", "ci_share_since_first", "ci_last_gap",
+                 "als", "als_rank", "als_urank", "als_norm",
+                 "ease", "ease_rank", "ease_urank", "ease_norm",
+                 "cop", "cop_rank", "cop_urank", "cop_norm", "trend_urank", "pop_urank")
+FEATURES = PAIR_FEATURES + CUSTOMER_FEATURES + ITEM_FEATURES
+
+
+def rank_desc(scores: np.ndarray) -> np.ndarray:
+    """0-based rank of each entry within its row, by decreasing score (ties: lower column first)."""
+    order = np.argsort(-scores, axis=1, kind="stable")
+    ranks = np.empty_like(order)
+    np.put_along_axis(ranks, order, np.arange(scores.shape[1])[None, :].repeat(scores.shape[0], 0), axis=1)
+    return ranks
+
+
+def basket_similarity(lines: pd.DataFrame, items: np.ndarray, neighbours: int, shrink: float) -> sp.csr_matrix:
+    """Item x item co-purchase similarity over invoices: cosine C_ij / sqrt(n_i n_j), shrunk by
+    C_ij / (C_ij + shrink), keeping the ``neighbours`` most similar items per row."""
+    n_items = len(items)
+    inv_codes, _ = pd.factorize(lines["invoice_no"])
+    ii = np.searchsorted(items, lines["item_id"].astype(str).to_numpy())
+    Bm = sp.csr_matrix((np.ones(len(ii), np.float32), (inv_codes, ii)), shape=(inv_codes.max() + 1, n_items))
+    Bm.data[:] = 1.0
+    Bm.sum_duplicates()
+    Bm.data[:] = 1.0
+    C = (Bm.T @ Bm).tocsr().astype(np.float32)
+    n = C.diagonal().astype(np.float32)
+    C.setdiag(0)
+    C.eliminate_zeros()
+    C = C.tocoo()
+    denom = np.sqrt(n[C.row] * n[C.col])
+    val = C.data / denom * (C.data / (C.data + shrink))
+    S = sp.csr_matrix((val.astype(np.float32), (C.row, C.col)), shape=(n_items, n_items))
+    S.sort_indices()
+    # keep the top neighbours of each row
+    rows, cols, vals = [], [], []
+    for r in range(n_items):
+        lo, hi = S.indptr[r], S.indptr[r + 1]
+        if hi == lo:
+            continue
+        v = S.data[lo:hi]
+        c = S.indices[lo:hi]
+        if hi - lo > neighbours:
+            keep = np.lexsort((c, -v))[:neighbours]
+            v, c = v[keep], c[keep]
+        rows.append(np.full(len(c), r))
+        cols.append(c)
+        vals.append(v)
+    if not rows:
+        return sp.csr_matrix((n_items, n_items), dtype=np.float32)
+    out = sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(n_items, n_items))
+    out.sort_indices()
+    return out
+
+
+class Sources:
+    """All candidate sources and features as of one date (fitted on the lines before it)."""
+
+    def __init__(self, h: History, p: RecParams):
+        self.h = h
+        self.p = p
+        self.S: sp.csr_matrix | None = None
+        self.U: np.ndarray | None = None
+        self.V: np.ndarray | None = None
+        self.ease_cols: np.ndarray | None = None
+        self.B: np.ndarray | None = None
+        self.cust_feat: np.ndarray | None = None
+        self.item_feat: np.ndarray | None = None
+        self.trend_buyers: np.ndarray | None = None  # (recent, before) per item
+        self._X = None
+        self._W = None
+
+    # ---- fitting
+    @classmethod
+    def build(cls, lines: pd.DataFrame, as_of: dt.datetime, p: RecParams) -> "Sources":
+        t0 = pd.Timestamp(as_of)
+        lines = product_lines(lines[lines["invoice_ts"] < t0])
+        h = History.from_lines(lines, as_of)
+        s = cls(h, p)
+        s.S = basket_similarity(lines, h.items, p.cop_neighbours, p.cop_shrink)
+        s.U, s.V = fit_als(als_confidence(h, p.als_alpha), p.als_factors, p.als_regularization,
+                           p.als_iterations, p.seed)
+        X = h.matrix()
+        s.ease_cols = np.flatnonzero(h.item_buyers(None) >= p.ease_min_buyers)
+        s.B = ease_weights(X[:, s.ease_cols].tocsr(), p.ease_lam)
+        # trending: distinct buyers in the last trend_days vs. the 2 * trend_days before
+        age = ((t0 - lines["invoice_ts"]).to_numpy() / DAY)
+        ii = np.searchsorted(h.items, lines["item_id"].astype(str).to_numpy())
+        cc = lines["customer_id"].to_numpy()
+
+        def buyers(lo, hi):
+            m = (age >= lo) & (age < hi)
+            pairs = np.unique(np.stack([ii[m], cc[m]]), axis=1) if m.any() else np.zeros((2, 0), np.int64)
+            return np.bincount(pairs[0].astype(np.int64), minlength=h.n_items).astype(np.float32)
+
+        s.trend_buyers = np.stack([buyers(0, p.trend_days), buyers(p.trend_days, 3 * p.trend_days)])
+        s.cust_feat = s._customer_features()
+        s.item_feat = s._item_features()
+        return s
+
+    def _customer_features(self) -> np.ndarray:
+        h = self.h
+        n_c = h.n_customers
+        orders = np.diff(h.inv_indptr).astype(np.float64)
+        last_age = h.inv_age[h.inv_indptr[:-1]].astype(np.float64)  # ages ascending: first is the latest
+        first_age = h.inv_age[h.inv_indptr[1:] - 1].astype(np.float64)
+        items = np.diff(h.indptr).astype(np.float64)
+        gap = np.where(orders > 1, (first_age - last_age) / np.maximum(orders - 1, 1), np.nan)
+        cust_of_inv = np.repeat(np.arange(n_c), np.diff(h.inv_indptr))
+        o30 = np.bincount(cust_of_inv[h.inv_age < 30], minlength=n_c)
+        o90 = np.bincount(cust_of_inv[h.inv_age < 90], minlength=n_c)
+        basket = np.bincount(cust_of_inv, weights=h.inv_size, minlength=n_c) / np.maximum(orders, 1)
+        out = np.column_stack([orders, last_age, first_age, items, np.log1p(np.maximum(h.cust_spend, 0)), gap,
+                               o30, o90, basket])
+        assert out.shape[1] == len(CUSTOMER_FEATURES)
+        return out.astype(np.float32)
+
+    def _item_features(self) -> np.ndarray:
+        h = self.h
+        n_i = h.n_items
+        buyers = h.item_buyers(None)
+        first_age = np.full(n_i, np.nan)
+        last_age = np.full(n_i, np.nan)
+        np.fmax.at(first_age, h.indices, h.first_age.astype(np.float64))
+        np.fmin.at(last_age, h.indices, h.last_age.astype(np.float64))
+        repeat = np.bincount(h.indices, weights=(h.n_inv >= 2).astype(np.float64), minlength=n_i)
+        orders = np.bincount(h.indices, weights=h.n_inv.astype(np.float64), minlength=n_i)
+        recent, before = self.trend_buyers
+        trend = np.log((recent + 1.0) / (before / 2.0 + 1.0))
+        order, _ = h.popular_order(self.p.popular_days)
+        pop_rank = np.full(n_i, float(n_i))  # service lines are never on the list: last
+        pop_rank[order] = np.arange(len(order))
+        out = np.column_stack([buyers, h.item_buyers(7), h.item_buyers(30), h.item_buyers(90), trend, first_age,
+                               last_age, h.item_price, h.item_nonproduct, repeat / np.maximum(buyers, 1),
+                               orders / np.maximum(buyers, 1), pop_rank])
+        assert out.shape[1] == len(ITEM_FEATURES)
+        return out.astype(np.float32)
+
+    # ---- persistence
+    def to_arrays(self, prefix: str) -> dict[str, np.ndarray]:
+        out = {k.replace("h_", prefix + "h_", 1): v for k, v in self.h.to_arrays().items()}
+        S = self.S
+        out.update({prefix + "S_indptr": S.indptr, prefix + "S_indices": S.indices, prefix + "S_data": S.data,
+                    prefix + "U": self.U, prefix + "V": self.V, prefix + "ease_cols": self.ease_cols,
+                    prefix + "B": self.B, prefix + "cust_feat": self.cust_feat, prefix + "item_feat": self.item_feat,
+                    prefix + "trend_buyers": self.trend_buyers})
+        return out
+
+    @classmethod
+    def from_arrays(cls, a: dict[str, np.ndarray], prefix: str, as_of: dt.datetime, p: RecParams) -> "Sources":
+        h = History.from_arrays(a, as_of, prefix=prefix + "h_")
+        s = cls(h, p)
+        n = h.n_items
+        s.S = sp.csr_matrix((a[prefix + "S_data"], a[prefix + "S_indices"], a[prefix + "S_indptr"]), shape=(n, n))
+        for k in ("U", "V", "ease_cols", "B", "cust_feat", "item_feat", "trend_buyers"):
+            setattr(s, k, a[prefix + k])
+        return s
+
+    # ---- helpers
+    @property
+    def X(self) -> sp.csr_matrix:
+        if self._X is None:
+            self._X = self.h.matrix(self.h.n_inv)
+        return self._X
+
+    @property
+    def inv_key(self) -> np.ndarray:
+        if getattr(self, "_inv_key", None) is None:
+            h = self.h
+            cust_of_inv = np.repeat(np.arange(h.n_customers), np.diff(h.inv_indptr))
+            self._inv_key = cust_of_inv.astype(np.float64) * 1e6 + h.inv_age.astype(np.float32).astype(np.float64)
+        return self._inv_key
+
+    @property
+    def P(self) -> sp.csr_matrix:
+        """EASE profile: exp(-days since last purchase / ease_tau) per bought item."""
+        if getattr(self, "_P", None) is None:
+            self._P = self.h.matrix(np.exp(-self.h.last_age / self.p.ease_tau))
+        return self._P
+
+    @property
+    def W(self) -> sp.csr_matrix:
+        """Anchor weights for co-purchase: log(1 + orders) * exp(-days since last / tau)."""
+        if self._W is None:
+            h = self.h
+            self._W = h.matrix(np.log1p(h.n_inv) * np.exp(-h.last_age / self.p.cop_tau))
+        return self._W
+
+    def pop_scores(self) -> np.ndarray:
+        return self.h.item_buyers(self.p.popular_days)
+
+    def trend_scores(self) -> np.ndarray:
+        recent, before = self.trend_buyers
+        sc = np.log((recent + 1.0) / (before / 2.0 + 1.0)).astype(np.float64)
+        sc[recent < 3] = -np.inf  # too few buyers to call it a trend
+        return sc
+
+    # ---- candidates and features for a block of customers
+    def candidates(self, rows: np.ndarray, new_only: bool) -> dict[str, np.ndarray]:
+        """Candidate (row, item) pairs for the given customer rows, with features and source.
+
+        Returns ``pair_row`` (position in ``rows``), ``item``, ``X`` (features, :data:`FEATURES`),
+        ``source`` (index into :data:`SOURCES`).
+        """
+        h, p = self.h, self.p
+        nb, n_i = len(rows), h.n_items
+        Xr = self.X[rows]
+        seen = Xr.toarray() > 0
+        ninv = Xr.toarray()
+        # dense source scores
+        als = (self.U[rows] @ self.V.T).astype(np.float64)
+        ease = np.full((nb, n_i), np.nan)
+        ease[:, self.ease_cols] = (self.P[rows][:, self.ease_cols] @ self.B)
+        cop = np.asarray((self.W[rows] @ self.S).todense(), dtype=np.float64)
+        pop = np.broadcast_to(self.pop_scores(), (nb, n_i))
+        trend = np.broadcast_to(self.trend_scores(), (nb, n_i))
+
+        def ranks(sc, mask_seen):
+            s = np.where(np.isnan(sc), -np.inf, sc)
+            if mask_seen:
+                s = np.where(seen, -np.inf, s)
+            r = rank_desc(s).astype(np.float64)
+            r[~np.isfinite(s)] = np.inf
+            return r
+
+        als_r, ease_r, cop_r = ranks(als, False), ranks(ease, False), ranks(cop, False)
+        als_u, ease_u, cop_u = ranks(als, True), ranks(ease, True), ranks(cop, True)
+        cop_u[cop <= 0] = np.inf
+        trend_u, pop_u = ranks(trend, True), ranks(pop, True)
+        # history candidates: the max_history items with the highest frequency x recency
+        hist = np.zeros((nb, n_i), bool)
+        if not new_only:
+            lastage = self.h.matrix(self.h.last_age + 1e-3)[rows].toarray()
+            hs = np.where(seen, ninv * np.exp(-lastage / 180.0), -np.inf)
+            hr = rank_desc(hs)
+            hist = seen & (hr < p.max_history)
+            hist_key = (hr + 1.0) / p.max_history - 1.0  # before every other source
+        depth = {COP: (cop_u, p.n_cop), ALS: (als_u, p.n_als), EASE: (ease_u, p.n_ease),
+                 TREND: (trend_u, p.n_trend), POP: (pop_u, p.n_pop)}
+        cand = hist.copy()
+        best_key = np.full((nb, n_i), np.inf)
+        source = np.full((nb, n_i), -1, np.int8)
+        source[hist] = BUY
+        if not new_only:
+            best_key[hist] = hist_key[hist]
+        for s_code in (COP, ALS, EASE, TREND, POP):  # preference order on ties
+            r, n = depth[s_code]
+            nominated = (r < n) & ~seen
+            key = (r + 1.0) / n + (1.0 if s_code in (TREND, POP) else 0.0)  # personal sources first
+            better = nominated & (key < best_key)
+            best_key[better] = key[better]
+            source[better] = s_code
+            cand |= nominated
+        # postage, fees and manual lines are bought, but never chosen: no list offers them
+        cand &= ~h.item_nonproduct.astype(bool)[None, :]
+        pr, pi = np.nonzero(cand)
+        # pair features from the customer x item history
+        h_rows = rows[pr]
+        sub = self.h.matrix(np.arange(1, len(self.h.indices) + 1, dtype=np.float64), np.float64)[rows].toarray()
+        pos = sub[pr, pi].astype(np.int64) - 1  # -1: never bought
+        b = pos >= 0
+        pp = np.where(b, pos, 0)
+
+        def hv(arr):
+            return np.where(b, arr[pp].astype(np.float64), np.nan)
+
+        n_ci, qty, fa, la = hv(h.n_inv), hv(h.qty), hv(h.first_age), hv(h.last_age)
+        interval = np.where(n_ci > 1, (fa - la) / np.maximum(n_ci - 1, 1), np.nan)
+        cf = self.cust_feat[h_rows].astype(np.float64)
+        c_orders, c_last = cf[:, 0], cf[:, 1]
+        # customer's orders since the first purchase of the item
+        since_first = np.full(len(pr), np.nan)
+        if b.any():
+            bi = np.flatnonzero(b)
+            cust = h_rows[bi]
+            # invoice ages ascend within a customer and customers follow each other: one sorted key
+            key = self.inv_key
+            q = cust.astype(np.float64) * 1e6 + fa[bi] + 1e-4
+            since_first[bi] = np.searchsorted(key, q, side="right") - h.inv_indptr[cust]
+        als_v, ease_v, cop_v = als[pr, pi], ease[pr, pi], cop[pr, pi]
+        def row_max(m):
+            m = np.where(np.isfinite(m), m, -np.inf).max(axis=1) if m.shape[1] else np.zeros(len(m))
+            return np.where(np.isfinite(m), m, np.nan)
+
+        with np.errstate(all="ignore"):
+            als_max, ease_max, cop_max = row_max(als), row_max(ease), row_max(cop)
+            pair = np.column_stack([
+                b.astype(np.float64), n_ci, np.log1p(qty), fa, la, interval, la / interval,
+                n_ci / c_orders, n_ci / since_first, la - c_last,
+                als_v, als_r[pr, pi], als_u[pr, pi], als_v / als_max[pr],
+                ease_v, ease_r[pr, pi], ease_u[pr, pi], ease_v / ease_max[pr],
+                cop_v, cop_r[pr, pi], cop_u[pr, pi], cop_v / cop_max[pr],
+                trend_u[pr, pi], pop_u[pr, pi],
+            ])
+        pair[~np.isfinite(pair)] = np.nan
+        feats = np.hstack([pair, cf, self.item_feat[pi].astype(np.float64)])
+        # prior: the order the sources alone would give (ties of the ranker fall back to it)
+        return {"pair_row": pr, "item": pi, "X": feats, "source": source[pr, pi], "prior": best_key[pr, pi]}
+
+    # ---- reasons
+    def reasons(self, row: int, items: np.ndarray, sources: np.ndarray) -> list[dict]:
+        """Plain data for a human reason per recommended item of one customer (see :class:`Recommender`)."""
+        h = self.h
+        items = np.asarray(items, np.int64)
+        sources = np.asarray(sources)
+        out: list[dict] = [{} for _ in items]
+        lo, hi = h.indptr[row], h.indptr[row + 1]
+        mine = h.indices[lo:hi].astype(np.int64)
+        pop = None
+        for q, (item, source) in enumerate(zip(items, sources)):
+            if source == BUY:
+                p = lo + int(np.searchsorted(mine, item))
+                n = int(h.n_inv[p])
+                interval = float(h.first_age[p] - h.last_age[p]) / (n - 1) if n > 1 else None
+                out[q] = {"times_bought": n, "days_since_last": round(float(h.last_age[p]), 1),
+                          "typical_interval_days": None if interval is None else round(interval, 1)}
+            elif source == TREND:
+                recent, before = self.trend_buyers[:, item]
+                out[q] = {"buyers_recent": int(recent), "buyers_before": int(before), "days": self.p.trend_days}
+            elif source == POP:
+                pop = self.pop_scores() if pop is None else pop
+                out[q] = {"buyers": int(pop[item]), "days": self.p.popular_days}
+        for code in (COP, EASE, ALS):
+            sel = np.flatnonzero(sources == code)
+            if len(sel) == 0 or len(mine) == 0 or (code == EASE and len(self.ease_cols) == 0):
+                continue
+            tgt = items[sel]
+            if code == COP:
+                w = self.W.data[lo:hi].astype(np.float64)
+                contrib = w[:, None] * self.S[mine][:, tgt].toarray()
+            elif code == EASE:
+                cols = self.ease_cols
+                pos = np.minimum(np.searchsorted(cols, mine), len(cols) - 1)
+                ok = cols[pos] == mine
+                tpos = np.minimum(np.searchsorted(cols, tgt), len(cols) - 1)
+                tok = cols[tpos] == tgt
+                contrib = np.full((len(mine), len(tgt)), -np.inf)
+                w = self.P.data[lo:hi].astype(np.float64)
+                sub = self.B[np.ix_(pos[ok], tpos[tok])] * w[ok][:, None]
+                contrib[np.ix_(np.flatnonzero(ok), np.flatnonzero(tok))] = sub
+            else:
+                V = self.V
+                vt = V[tgt] / (np.linalg.norm(V[tgt], axis=1, keepdims=True) + 1e-9)
+                vm = V[mine] / (np.linalg.norm(V[mine], axis=1, keepdims=True) + 1e-9)
+                contrib = vm @ vt.T
+            best = np.argmax(contrib, axis=0)
+            for q, b in zip(sel, best):
+                out[q] = {"anchor_item": str(h.items[mine[b]])}
+        return out
