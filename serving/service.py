@@ -28,18 +28,15 @@ import anyio
 import bentoml
 from starlette.responses import JSONResponse, Response
 
-from patron.settings import PatronSettings
+from patron.compat.bentoml_timeout import cancel_request_timers
 from patron.serving import logic, openapi
 from patron.serving import schemas as S
-from patron.serving.edge import Edge, cancel_request_timers
+from patron.serving.edge import Edge
 from patron.serving.runtime import EventsUnavailable, FeaturesUnavailable, NotReady, Runtime
+from patron.settings import PatronSettings
 
 log = logging.getLogger(__name__)
 
-# BentoML reads ``model_fields`` off the request object, which Pydantic 2.11 warns about, again and
-# again: thousands of lines in the log under load, each costing the request that printed it.
-warnings.filterwarnings("ignore", message="Accessing the 'model_fields' attribute on the instance", category=DeprecationWarning)
-cancel_request_timers()
 
 T = TypeVar("T")
 
@@ -95,6 +92,11 @@ class Patron:
         # OpenMP threads spin-waiting for each other made tree scoring several times slower.
         self._threads = threadpool_limits(limits=1)
         os.umask(0o077)  # anything the service writes (metrics files, downloads) stays private
+        # BentoML reads ``model_fields`` off the request object, which Pydantic 2.11 warns about, again
+        # and again: thousands of lines in the log under load, each costing the request that printed it.
+        warnings.filterwarnings("ignore", message="Accessing the 'model_fields' attribute on the instance",
+                                category=DeprecationWarning, module=r"_bentoml_(sdk|impl)\.")
+        cancel_request_timers()  # before the first request: BentoML's timeout middleware keeps no timers
         self.runtime = Runtime(PatronSettings())
         threading.Thread(target=self.runtime.reload, name="patron-load", daemon=True).start()
         self._metrics = _EventMetrics()

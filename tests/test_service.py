@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import AS_OF, KEYS, Server
 from patron.training.data import load_lines
+from tests.conftest import AS_OF, KEYS, Server
+
 
 @pytest.fixture(scope="module")
 def server(trained_home: Path):
@@ -343,7 +344,7 @@ def test_the_request_timeout_lets_go_of_its_timer_once_answered() -> None:
 
     from bentoml._internal.server.http.traffic import TimeoutMiddleware
 
-    from patron.serving.edge import cancel_request_timers
+    from patron.compat.bentoml_timeout import cancel_request_timers
 
     cancel_request_timers()
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from patron.compat.sklearn_trees import compiled_walkers, fitted_trees
+
 
 class TreeEnsemble:
     """A fitted binary HistGradientBoostingClassifier or a HistGradientBoostingRegressor as arrays.
@@ -34,6 +36,7 @@ class TreeEnsemble:
             "is_leaf": np.asarray(nodes["is_leaf"], bool),
         }
         self.n_features = int(n_features)
+        self._walkers: list | None = None
 
     @property
     def n_trees(self) -> int:
@@ -50,12 +53,12 @@ class TreeEnsemble:
     def from_sklearn(cls, model) -> "TreeEnsemble":
         if getattr(model, "n_trees_per_iteration_", 1) != 1:
             raise ValueError("only binary classifiers and single-output regressors are supported")
-        preds = [it[0] for it in model._predictors]
-        if any(p.nodes["is_categorical"].any() for p in preds):
+        baseline, trees = fitted_trees(model)
+        if any(t["is_categorical"].any() for t in trees):
             raise ValueError("categorical splits are not supported: encode categories as numbers")
-        offsets = np.cumsum([0] + [len(p.nodes) for p in preds])
-        nodes = {f: np.concatenate([p.nodes[f] for p in preds]) if preds else np.zeros(0) for f in cls.FIELDS}
-        return cls(float(np.ravel(model._baseline_prediction)[0]), offsets, nodes, model.n_features_in_)
+        offsets = np.cumsum([0] + [len(t) for t in trees])
+        nodes = {f: np.concatenate([t[f] for t in trees]) if trees else np.zeros(0) for f in cls.FIELDS}
+        return cls(baseline, offsets, nodes, model.n_features_in_)
 
     def to_arrays(self, prefix: str) -> dict[str, np.ndarray]:
         out = {f"{prefix}{f}": v for f, v in self.nodes.items()}
@@ -69,22 +72,12 @@ class TreeEnsemble:
         nodes = {f: arrays[f"{prefix}{f}"] for f in cls.FIELDS}
         return cls(header[0], arrays[f"{prefix}offsets"], nodes, int(header[1]))
 
-    def _compiled(self):
-        """scikit-learn's compiled per-tree predictors over these arrays (built once)."""
-        if getattr(self, "_predictors", None) is None:
-            from sklearn.ensemble._hist_gradient_boosting.common import PREDICTOR_RECORD_DTYPE
-            from sklearn.ensemble._hist_gradient_boosting.predictor import TreePredictor
-
-            empty = np.zeros((0, 8), np.uint32)
-            preds = []
-            for t in range(self.n_trees):
-                lo, hi = self.offsets[t], self.offsets[t + 1]
-                rec = np.zeros(hi - lo, PREDICTOR_RECORD_DTYPE)
-                for f in self.FIELDS:
-                    rec[f] = self.nodes[f][lo:hi]
-                preds.append(TreePredictor(rec, empty, empty))
-            self._predictors = preds
-        return self._predictors
+    def _compiled(self) -> list:
+        """scikit-learn's compiled walker of each tree, over these arrays (built once)."""
+        if self._walkers is None:
+            self._walkers = compiled_walkers(
+                [{f: self.nodes[f][self.offsets[t]:self.offsets[t + 1]] for f in self.FIELDS} for t in range(self.n_trees)])
+        return self._walkers
 
     def predict_raw(self, X: np.ndarray, block: int = 4096) -> np.ndarray:
         """Baseline plus the sum of every tree's leaf value.
@@ -99,14 +92,9 @@ class TreeEnsemble:
         if self.n_trees == 0 or X.shape[0] == 0:
             return out
         if X.shape[0] > 64:
-            try:
-                empty = np.zeros((0, 8), np.uint32)
-                known = np.zeros(self.n_features, np.uint32)
-                for p in self._compiled():
-                    out += p.predict(X, empty, known, 1)
-                return out
-            except (ImportError, TypeError, AttributeError, ValueError):  # private API moved: numpy
-                out[:] = self.baseline
+            for walker in self._compiled():
+                out += walker.walk(X)
+            return out
         n = self.nodes
         starts = self.offsets[:-1]
         for lo in range(0, X.shape[0], block):
