@@ -11,20 +11,15 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictInt, StringConstraints
 
+from patron.validation import integral
+
 MAX_K = 100
 MAX_IDS = 1000
 MAX_ITEMS = 200
 
-def _integral(value: object) -> object:
-    """JSON has one number type: 17850.0 is the integer 17850 (as JSON Schema says), 17850.5 is not."""
-    if isinstance(value, float) and value.is_integer() and abs(value) <= 2**53:
-        return int(value)
-    return value
-
-
 # Integers within bounds: no strings, no booleans, no fractions. The bounds sit inside the
 # validator so that the JSON schema states them (minimum / maximum).
-CustomerId = Annotated[StrictInt, Field(ge=1, le=2**53), BeforeValidator(_integral),
+CustomerId = Annotated[StrictInt, Field(ge=1, le=2**53), BeforeValidator(integral),
                        Field(description="the shop's customer id", examples=[17850])]
 # At least one visible character. Spelled out rather than ``\S`` because the OpenAPI document's
 # regex dialect and Python disagree on what is white space (Python strips \x1c-\x1f and \x85,
@@ -36,7 +31,7 @@ ItemId = Annotated[
     StringConstraints(strict=True, strip_whitespace=True, to_upper=True, min_length=1, max_length=64, pattern=VISIBLE),
     Field(description="a product code (stock code)", examples=["85123A"]),
 ]
-K = Annotated[StrictInt, Field(ge=1, le=MAX_K), BeforeValidator(_integral), Field(description=f"how many items, 1..{MAX_K}")]
+K = Annotated[StrictInt, Field(ge=1, le=MAX_K), BeforeValidator(integral), Field(description=f"how many items, 1..{MAX_K}")]
 
 
 class Request(BaseModel):
@@ -102,7 +97,7 @@ class SimilarItemsResponse(Response):
 
 class PopularRequest(Request):
     k: K = 10
-    days: Annotated[StrictInt, Field(ge=1, le=365), BeforeValidator(_integral)] | None = Field(None, description="look-back window; default 30 days")
+    days: Annotated[StrictInt, Field(ge=1, le=365), BeforeValidator(integral)] | None = Field(None, description="look-back window; default 30 days")
 
 
 class PopularResponse(Response):

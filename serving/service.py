@@ -31,8 +31,10 @@ from starlette.responses import JSONResponse, Response
 from patron.compat.bentoml_timeout import cancel_request_timers
 from patron.serving import logic, openapi
 from patron.serving import schemas as S
+from patron.serving.crm_lane import CrmLane, LaneUnavailable
 from patron.serving.edge import Edge
-from patron.serving.runtime import EventsUnavailable, FeaturesUnavailable, NotReady, Runtime
+from patron.serving.online import FeaturesUnavailable
+from patron.serving.runtime import EventsUnavailable, NotReady, Runtime
 from patron.settings import PatronSettings
 
 log = logging.getLogger(__name__)
@@ -44,6 +46,9 @@ T = TypeVar("T")
 def _unavailable(exc: Exception) -> JSONResponse:
     if isinstance(exc, NotReady):
         return JSONResponse({"error": f"not ready: {exc}", "detail": []}, status_code=503, headers={"retry-after": "5"})
+    if isinstance(exc, LaneUnavailable):
+        return JSONResponse({"error": f"scoring is restarting, retry: {exc}", "detail": []}, status_code=503,
+                            headers={"retry-after": "1"})
     if isinstance(exc, EventsUnavailable):
         return JSONResponse({"error": f"events cannot be stored right now, nothing was kept: {exc}", "detail": []},
                             status_code=503, headers={"retry-after": "5"})
@@ -97,11 +102,17 @@ class Patron:
         warnings.filterwarnings("ignore", message="Accessing the 'model_fields' attribute on the instance",
                                 category=DeprecationWarning, module=r"_bentoml_(sdk|impl)\.")
         cancel_request_timers()  # before the first request: BentoML's timeout middleware keeps no timers
-        self.runtime = Runtime(PatronSettings())
-        threading.Thread(target=self.runtime.reload, name="patron-load", daemon=True).start()
+        settings = PatronSettings()
+        self.runtime = Runtime(settings)
+        self.lane = CrmLane(settings)
+        threading.Thread(target=self._load, name="patron-load", daemon=True).start()
         self._metrics = _EventMetrics()
         self._stop = threading.Event()
         threading.Thread(target=self._publisher, name="patron-events", daemon=True).start()
+
+    def _load(self) -> None:
+        self.runtime.reload()
+        self.lane.start()
 
     def _publisher(self) -> None:
         """Publishes customers whose events are stored but not yet online (after a failed push or a
@@ -119,7 +130,8 @@ class Patron:
                 log.exception("event publisher")
 
     async def __is_ready__(self) -> bool:
-        return self.runtime.champions is not None and await anyio.to_thread.run_sync(self.runtime.store_ok)
+        return (self.runtime.champions is not None and self.lane.is_ready
+                and await anyio.to_thread.run_sync(self.runtime.store_ok))
 
     async def _call(self, fn: Callable[..., T], request: object, *, thread: bool = False) -> T | Response:
         """Run one endpoint's logic; the answer goes out as JSON serialised once, here (the model
@@ -132,6 +144,14 @@ class Patron:
         except (NotReady, FeaturesUnavailable, EventsUnavailable) as exc:
             return _unavailable(exc)
         return Response(answer.model_dump_json(), media_type="application/json")
+
+    async def _batch(self, endpoint: str, request: S.Request) -> Response:
+        """A CRM batch, scored in the CRM lane's process (see serving/crm_lane.py)."""
+        try:
+            body = await self.lane.call(endpoint, request.model_dump_json())
+        except (NotReady, FeaturesUnavailable, LaneUnavailable) as exc:
+            return _unavailable(exc)
+        return Response(body, media_type="application/json")
 
     @bentoml.api(route="/recommend", input_spec=S.RecommendRequest, output_spec=S.RecommendResponse)
     async def recommend(self, **fields) -> S.RecommendResponse:
@@ -151,12 +171,12 @@ class Patron:
     @bentoml.api(route="/churn", input_spec=S.CustomersRequest, output_spec=S.ChurnResponse)
     async def churn(self, **fields) -> S.ChurnResponse:
         """Churn probability, risk band and reasons for 1..1000 customers, in the order asked."""
-        return await self._call(logic.churn, S.CustomersRequest(**fields), thread=True)
+        return await self._batch("/churn", S.CustomersRequest(**fields))
 
     @bentoml.api(route="/ltv", input_spec=S.CustomersRequest, output_spec=S.LTVResponse)
     async def ltv(self, **fields) -> S.LTVResponse:
         """Predicted spend and orders, P(alive), tier and next order date for 1..1000 customers."""
-        return await self._call(logic.ltv, S.CustomersRequest(**fields), thread=True)
+        return await self._batch("/ltv", S.CustomersRequest(**fields))
 
     @bentoml.api(route="/customer", input_spec=S.CustomerRequest, output_spec=S.CustomerResponse)
     async def customer(self, **fields) -> S.CustomerResponse:
@@ -179,6 +199,10 @@ class Patron:
     async def admin_reload(self, **fields) -> S.ReloadResponse:
         """Load the current @champion models; on failure the models in use keep serving."""
         ok, message, versions, previous = await anyio.to_thread.run_sync(self.runtime.reload)
+        if ok:
+            lane_ok, lane_message = await anyio.to_thread.run_sync(self.lane.reload)
+            if not lane_ok:
+                ok, message = False, f"{message}; the CRM lane did not reload: {lane_message}"
         body = S.ReloadResponse(reloaded=ok, message=message, model_versions=versions, previous_versions=previous)
         if not ok:
             return JSONResponse(body.model_dump(), status_code=409 if previous else 503)

@@ -160,7 +160,7 @@ def test_a_failed_push_keeps_the_customers_pending(elog: EventLog) -> None:
 @pytest.mark.parametrize("backend", ["sqlite", "redis"])
 def test_published_state_reads_back_from_the_feast_online_store(tmp_path: Path, backend: str, request) -> None:
     from patron.features.store import apply_definitions, open_store
-    from patron.serving.runtime import RecentEvents
+    from patron.serving.online import RecentEvents
 
     url = request.getfixturevalue("redis_url") if backend == "redis" else "redis://127.0.0.1:6379/0"
     store = open_store(tmp_path / "feature_store", backend, url)
