@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from patron import duck
+from patron.errors import PatronError
 from patron.features.catalog import CUSTOMER_FEATURES_FILE, PRODUCT_FEATURES_FILE
 from patron.features.ingest import OrderStore
 from patron.rules import PRODUCT_SALE_SQL, VALID_PURCHASE_SQL
@@ -27,7 +28,7 @@ log = logging.getLogger(__name__)
 
 
 
-class NoDataError(Exception):
+class NoDataError(PatronError):
     """There are no committed order lines to compute features from."""
 
 

@@ -18,6 +18,7 @@ import pandas as pd
 import yaml
 from feast import FeatureStore, RepoConfig
 
+from patron.errors import PatronError
 from patron.faults import crash_point
 from patron.features.catalog import CUSTOMER_FEATURES_FILE, PRODUCT_FEATURES_FILE
 from patron.times import to_utc
@@ -28,7 +29,7 @@ REPO_DIR = Path(__file__).resolve().parent / "repo"
 CONFIGS = {"sqlite": REPO_DIR / "feature_store.yaml", "redis": REPO_DIR / "feature_store.redis.yaml"}
 
 
-class FeatureStoreError(Exception):
+class FeatureStoreError(PatronError):
     """The feature store is not ready for what was asked (not applied, not built, unreachable)."""
 
 

@@ -84,6 +84,11 @@ class StatePaths:
         return self.root / "reports"
 
     @property
+    def logs(self) -> Path:
+        """One file per command run: what the libraries said (see patron.logs)."""
+        return self.root / "logs"
+
+    @property
     def events_log(self) -> Path:
         """The storefront's events, rejected events and sessions (SQLite)."""
         return self.root / "events" / "events.sqlite"

@@ -17,6 +17,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 
+from patron.errors import PatronError
 from patron.training import registry
 from patron.training.customer.baselines import recency_baseline, rfm_logistic
 from patron.training.customer.churn import ChurnModel
@@ -30,7 +31,7 @@ from patron.training.spec import TrainSpec
 log = logging.getLogger(__name__)
 
 
-class WindowNotObservedError(Exception):
+class WindowNotObservedError(PatronError):
     """The ingested data does not cover the evaluation window yet."""
 
 

@@ -16,14 +16,16 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from patron.features.compute import build_features
-from patron.features.ingest import OrderStore, ingest
+from patron.features.ingest import OrderStore, find_files, ingest
 from patron.features.store import apply_definitions, materialize, open_store
 from patron.settings import PatronSettings, StatePaths
 from patron.times import to_utc
 
 log = logging.getLogger(__name__)
+
 
 @dataclass
 class PipelineResult:
@@ -72,6 +74,39 @@ def event_orders(paths: StatePaths) -> list[Path]:
     return [folder] if folder.is_dir() and any(folder.glob("events-*.csv")) else []
 
 
+class Progress(Protocol):
+    """What the pipeline tells whoever watches it (the command line draws one line per step)."""
+
+    def start(self, step: str, total: int | None = None) -> None: ...
+    def advance(self, step: str, n: int = 1) -> None: ...
+    def finish(self, step: str, summary: str) -> None: ...
+    def skip(self, step: str, why: str) -> None: ...
+
+
+class Silent:
+    """No one is watching."""
+
+    def start(self, step: str, total: int | None = None) -> None:
+        pass
+
+    def advance(self, step: str, n: int = 1) -> None:
+        pass
+
+    def finish(self, step: str, summary: str) -> None:
+        pass
+
+    def skip(self, step: str, why: str) -> None:
+        pass
+
+
+def _train_summary(info: dict) -> str:
+    if "skipped" in info:
+        return f"skipped: {info['skipped']}"
+    metric = next(iter(info.get("metrics", {}).items()), None)
+    shown = f", holdout {metric[0]} {metric[1]:.3f}" if metric else ""
+    return f"v{info['version']} {'champion' if info['promoted'] else 'challenger'}{shown}"
+
+
 def run_pipeline(
     settings: PatronSettings,
     sources: Sequence[Path],
@@ -79,7 +114,7 @@ def run_pipeline(
     horizon_days: int,
     *,
     kinds: tuple[str, ...] = ("churn", "ltv", "recs"),
-    on_step: Callable[[str, str], None] | None = None,
+    progress: Progress | None = None,
 ) -> PipelineResult:
     from patron.training.customer.train import train_customer_models
     from patron.training.spec import spec_for
@@ -87,46 +122,49 @@ def run_pipeline(
     paths = settings.paths()
     as_of = to_utc(as_of)
     result = PipelineResult(as_of=as_of.date().isoformat(), horizon_days=horizon_days)
-
-    def announce(step: str, state: str) -> None:
-        if on_step:
-            on_step(step, state)
+    watch = progress or Silent()
 
     # Ingest is idempotent by construction (file hashes and line ids), so it always runs: new
     # daily files are picked up, known ones cost a hash.
-    announce("ingest", "running")
     sources = [*sources, *event_orders(paths)]
-    report = ingest(sources, paths.data, max_abs_quantity=settings.max_abs_quantity)
+    watch.start("ingest", total=len(find_files(sources)))
+    report = ingest(sources, paths.data, max_abs_quantity=settings.max_abs_quantity, progress=lambda n: watch.advance("ingest", n))
     result.ran.append("ingest")
     result.details["ingest"] = {k: v for k, v in report.to_dict().items() if k != "files"}
+    watch.finish("ingest", f"{len(report.files):,} files, {report.rows_in:,} rows read, {report.rows_written:,} new, "
+                           f"{report.quarantined:,} quarantined")
 
     key = f"{as_of.date().isoformat()}_h{horizon_days}_{data_fingerprint(paths.data)}"
     journal = Journal(paths.root, key)
 
-    def step(name: str, fn: Callable[[], dict]) -> None:
+    def step(name: str, fn: Callable[[], dict], summary: Callable[[dict], str]) -> None:
         if name in journal.done:
             result.skipped.append(name)
-            announce(name, "skipped (done before with the same inputs)")
+            watch.skip(name, "done before with the same inputs")
             return
-        announce(name, "running")
+        watch.start(name)
         info = fn()
         journal.mark(name, info)
         result.ran.append(name)
         result.details[name] = info
+        watch.finish(name, summary(info))
 
     def features_step() -> dict:
         b = build_features(paths.data, paths.feature_data, as_of, every_days=settings.snapshot_every_days)
         return {"snapshots": len(b.snapshots), "customer_rows": b.customer_rows, "product_rows": b.product_rows}
 
     store_args = (paths.feature_repo, settings.online_store, settings.redis_url)
-    step("features", features_step)
-    step("apply", lambda: {"registered": apply_definitions(open_store(*store_args))})
+    step("features", features_step,
+         lambda i: f"{i['snapshots']} snapshots, {i['customer_rows']:,} customer rows, {i['product_rows']:,} product rows")
+    step("apply", lambda: {"registered": apply_definitions(open_store(*store_args))},
+         lambda i: f"{len(i['registered'])} Feast objects ({settings.online_store} online store)")
 
     def materialize_step() -> dict:
         m = materialize(open_store(*store_args), as_of)
         return {"snapshot": m.snapshot.isoformat(), "customers": m.customers, "products": m.products}
 
-    step("materialize", materialize_step)
+    step("materialize", materialize_step,
+         lambda i: f"snapshot {i['snapshot'][:10]}: {i['customers']:,} customers, {i['products']:,} products online")
     spec = spec_for(settings, as_of, horizon_days)
 
     def summary(r) -> dict:
@@ -137,14 +175,16 @@ def run_pipeline(
     for k in kinds:
         if k in ("churn", "ltv") and k not in customer:
             result.skipped.append(f"train_{k}")
-            announce(f"train_{k}", "skipped (done before with the same inputs)")
+            watch.skip(f"train_{k}", "done before with the same inputs")
     if customer:
         for k in customer:
-            announce(f"train_{k}", "running")
+            watch.start(f"train_{k}")
         for r in train_customer_models(spec, customer):
-            journal.mark(f"train_{r.kind}", summary(r))
+            info = summary(r)
+            journal.mark(f"train_{r.kind}", info)
             result.ran.append(f"train_{r.kind}")
-            result.details[f"train_{r.kind}"] = summary(r)
+            result.details[f"train_{r.kind}"] = info
+            watch.finish(f"train_{r.kind}", _train_summary(info))
     if "recs" in kinds:
 
         def recs() -> dict:
@@ -153,8 +193,7 @@ def run_pipeline(
             try:
                 return summary(train_recommender(spec))
             except NoProductDetailError as exc:
-                announce("train_recs", f"skipped: {exc}")
                 return {"skipped": str(exc)}
 
-        step("train_recs", recs)
+        step("train_recs", recs, _train_summary)
     return result

@@ -25,6 +25,7 @@ import pandas as pd
 from scipy.stats import spearmanr
 from sklearn.metrics import roc_auc_score
 
+from patron.errors import PatronError
 from patron.features.ingest import find_files, read_raw
 from patron.rules import valid_purchase
 from patron.times import utc_timestamp
@@ -33,7 +34,7 @@ EXPORT_FILES = ("churn.parquet", "ltv.parquet", "recommendations.parquet", "disc
 TIER_ORDER = ("platinum", "gold", "silver", "bronze")
 
 
-class ScorecardError(ValueError):
+class ScorecardError(PatronError, ValueError):
     """The export or the truth cannot be scored (missing files or columns, no data in the window)."""
 
 

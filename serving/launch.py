@@ -14,6 +14,7 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 
 from patron.settings import REPO_ROOT, PatronSettings
 
@@ -58,11 +59,19 @@ def wait_ready(base_url: str, proc: subprocess.Popen, timeout: float = 600.0) ->
     return False
 
 
-def run_server(settings: PatronSettings, host: str, port: int, on_ready: Callable[[str], None] | None = None) -> int:
-    """Run `bentoml serve` in the foreground until it exits or this process is interrupted."""
+def run_server(settings: PatronSettings, host: str, port: int, on_ready: Callable[[str], None] | None = None,
+               log_file: Path | None = None) -> int:
+    """Run `bentoml serve` in the foreground until it exits or this process is interrupted; its own
+    output goes to ``log_file`` when given (the demo), to this terminal otherwise."""
     cmd = [sys.executable, "-m", "bentoml", "serve", "patron.serving.service:Patron", "--host", host, "--port", str(port),
            "--working-dir", str(REPO_ROOT)]
-    proc = subprocess.Popen(cmd, env=server_env(settings), start_new_session=True)
+    out = open(log_file, "a") if log_file is not None else None  # noqa: SIM115 - open while the server runs
+    try:
+        proc = subprocess.Popen(cmd, env=server_env(settings), start_new_session=True, stdout=out,
+                                stderr=subprocess.STDOUT if out else None)
+    finally:
+        if out is not None:
+            out.close()  # the child holds its own descriptor
 
     def stop(signum: int, _frame: object) -> None:
         try:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import mlflow
@@ -12,6 +15,7 @@ import pytest
 from patron.pipelines import pipeline as pl
 from patron.pipelines.export import export_all
 from patron.settings import PatronSettings
+from patron.training import registry
 from patron.training.data import load_lines
 from patron.training.recs.eval import seen_items
 from patron.training.spec import spec_for
@@ -43,17 +47,29 @@ def test_pipeline_end_to_end_then_a_rerun_skips_what_is_done(shop: Path, tmp_pat
         pl.run_pipeline(settings, [shop], AS_OF, HORIZON)
     monkeypatch.setattr(tt, "train_customer_models", real)
 
-    resumed = pl.run_pipeline(settings, [shop], AS_OF, HORIZON)
-    assert resumed.skipped == ["features", "apply", "materialize"]  # done before the crash
-    assert resumed.ran == ["ingest", "train_churn", "train_ltv", "train_recs"]
-    assert resumed.details["ingest"]["rows_written"] == 0
-    for kind in ("churn", "ltv", "recs"):
-        d = resumed.details[f"train_{kind}"]
-        assert d["promoted"] and "no champion yet" in d["reason"]
+    # the rerun, as a user runs it: the command line, in a process of its own
+    run = subprocess.run([str(Path(sys.executable).with_name("patron")), "pipeline", "run", "--source", str(shop),
+                          "--as-of", AS_OF.isoformat(), "--horizon-days", str(HORIZON), "--home", str(settings.home)],
+                         capture_output=True, text=True, timeout=600, env={**os.environ, "COLUMNS": "200"})
+    assert run.returncode == 0, run.stderr[-3000:]
+    terminal = run.stdout + run.stderr
+    lines = {line.split()[1]: line for line in terminal.splitlines() if line.startswith("✓ ")}
+    assert list(lines) == ["ingest", "features", "apply", "materialize", "train_churn", "train_ltv", "train_recs"], terminal
+    assert all("skipped: done before with the same inputs" in lines[s] for s in ("features", "apply", "materialize"))
+    assert ", 0 new," in lines["ingest"]
+    assert all("v1 champion" in lines[f"train_{k}"] for k in ("churn", "ltv", "recs"))
+    assert terminal.count("gate: no champion yet") == 3
+    # a clean terminal: the libraries' warnings, logs and prints went to the run log instead
+    for noise in ("Warning", "warnings.warn", "INFO", "Successfully registered", "\x1b[", "Materializing"):
+        assert noise not in terminal, f"{noise!r} reached the terminal:\n{terminal}"
+    (log,) = (settings.home / "logs").glob("pipeline-*.log")
+    said = log.read_text()
+    assert "Successfully registered model 'churn'" in said and "Materializing" not in terminal
+    assert str(log) in terminal  # the run says where its log is
 
     again = pl.run_pipeline(settings, [shop], AS_OF, HORIZON)
     assert again.ran == ["ingest"]
-    client = mlflow.MlflowClient()
+    client = registry.configure(settings.paths().mlruns)
     assert len(client.search_model_versions("name = 'churn'")) == 1  # nothing trained twice
 
     out = tmp_path / "export"

@@ -14,11 +14,13 @@ from typing import Any
 
 import skops.io as sio
 
+from patron.errors import PatronError
+
 FORMAT_VERSION = 1
 CARD_FILE = "model_card.json"
 
 
-class ModelLoadError(Exception):
+class ModelLoadError(PatronError):
     """A saved model is missing, corrupt, of another format, or made for other features."""
 
 

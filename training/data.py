@@ -14,12 +14,13 @@ import numpy as np
 import pandas as pd
 
 from patron import duck
+from patron.errors import PatronError
 from patron.features.ingest import DATE_FORMATS, OrderStore
 from patron.rules import VALID_PURCHASE_SQL
 from patron.times import to_utc
 
 
-class NoOrdersError(Exception):
+class NoOrdersError(PatronError):
     """No committed order lines match the request."""
 
 

@@ -16,12 +16,13 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from patron.errors import PatronError
 from patron.times import to_utc
 
 log = logging.getLogger(__name__)
 
 
-class TooLittleHistoryError(Exception):
+class TooLittleHistoryError(PatronError):
     """No labelled snapshot fits between the first order and ``as_of``."""
 
 

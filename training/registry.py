@@ -23,6 +23,7 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 
+from patron.errors import PatronError
 from patron.faults import crash_point
 
 log = logging.getLogger(__name__)
@@ -44,7 +45,7 @@ PIP_REQUIREMENTS = [
 ]
 
 
-class RegistryError(Exception):
+class RegistryError(PatronError):
     """The registry cannot do what was asked (unknown model or version, nothing to roll back to)."""
 
 

@@ -26,6 +26,7 @@ import pyarrow.parquet as pq
 from patron import duck
 from patron.features.ingest.classify import LINE_IDENTITY, STORED_LINE_ID_SQL
 from patron.features.ingest.schema import CANONICAL_SCHEMA, QUARANTINE_SCHEMA, FileReport
+from patron.rules import VALID_PURCHASE_SQL
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +98,15 @@ class OrderStore:
         nothing is committed yet: the one way every reader names the canonical files."""
         parts = self.committed_parts(kind)
         return duck.scan(parts) if parts else None
+
+    def last_purchase_day(self) -> dt.date | None:
+        """The UTC day of the newest valid purchase committed, or None when there is none."""
+        lines = self.scan()
+        if lines is None:
+            return None
+        with duck.connect() as con:
+            (last,) = con.execute(f"SELECT max(invoice_ts)::DATE FROM {lines} WHERE {VALID_PURCHASE_SQL}").fetchone()
+        return last
 
     def file_record(self, sha256: str) -> dict | None:
         with self._connect() as con:

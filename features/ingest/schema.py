@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field
 
 import pyarrow as pa
 
+from patron.errors import PatronError
 from patron.rules import LINE_CLASSES
 
 RAW_COLUMNS: tuple[str, ...] = (
@@ -67,7 +68,7 @@ QUARANTINE_SCHEMA = pa.schema(
 )
 
 
-class IngestError(Exception):
+class IngestError(PatronError):
     """A file cannot be ingested at all; nothing of it was stored."""
 
 

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 from importlib import metadata
 
+from patron.errors import PatronError
 
-class IncompatibleDependency(ImportError):
+
+class IncompatibleDependency(PatronError, ImportError):
     """An installed dependency is not a version whose private API the adapter was checked against."""
 
 

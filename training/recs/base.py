@@ -32,6 +32,7 @@ from typing import ClassVar, Self
 import numpy as np
 import pandas as pd
 
+from patron.errors import NotFittedError, PatronError
 from patron.training.formats import check_format
 from patron.training.recs.history import History
 
@@ -44,12 +45,8 @@ REC_COLUMNS = ["customer_id", "rank", "item_id", "score", "source", "reason_data
 KINDS: dict[str, type["RecommenderBase"]] = {}
 
 
-class FormatVersionError(ValueError):
+class FormatVersionError(PatronError, ValueError):
     """A saved model directory of another format (or version) than this code reads."""
-
-
-class NotFittedError(RuntimeError):
-    """The model was used before ``fit`` or ``load``."""
 
 
 # --------------------------------------------------------------------------------------------

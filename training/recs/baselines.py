@@ -160,9 +160,11 @@ def fit_als(C: sp.csr_matrix, factors: int, regularization: float, iterations: i
     from implicit.cpu.als import AlternatingLeastSquares
     from threadpoolctl import threadpool_limits
 
-    model = AlternatingLeastSquares(factors=factors, regularization=regularization, alpha=1.0,
-                                    iterations=iterations, random_state=seed, num_threads=num_threads)
+    # implicit's own threads do the work: BLAS threads on top of them only contend (and implicit
+    # warns about it when the model is built, so it is built inside the limit too)
     with threadpool_limits(1, "blas"):
+        model = AlternatingLeastSquares(factors=factors, regularization=regularization, alpha=1.0,
+                                        iterations=iterations, random_state=seed, num_threads=num_threads)
         model.fit(C.tocsr(), show_progress=False)
     return np.asarray(model.user_factors, np.float32), np.asarray(model.item_factors, np.float32)
 

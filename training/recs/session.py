@@ -33,6 +33,7 @@ from typing import Any, Self
 import numpy as np
 import pandas as pd
 
+from patron.errors import NotFittedError, PatronError
 from patron.rules import product_sale
 from patron.times import utc_timestamp
 from patron.training.formats import check_format
@@ -46,12 +47,8 @@ ARRAYS_FILE = "session.npz"
 _ARRAY_NAMES = ("in_emb", "out_emb", "out_bias")
 
 
-class SessionFormatError(ValueError):
+class SessionFormatError(PatronError, ValueError):
     """A saved session model of another format or format version than this code reads, or damaged."""
-
-
-class NotFittedError(RuntimeError):
-    """The model was used before ``fit`` or ``load``."""
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from patron.errors import PatronError
 from patron.training import plots, registry
 from patron.training.data import known_customers, load_lines
 from patron.training.recs.baselines import BASELINES
@@ -34,7 +35,7 @@ FEATURE_SERVICE = "recs_v1"
 K = 20
 
 
-class NoProductDetailError(ValueError):
+class NoProductDetailError(PatronError, ValueError):
     """The shop's exports carry no product ids, so no recommender can be trained."""
 
 
