@@ -8,6 +8,9 @@ by side and a test holds them to the same answers (tests/test_rules.py).
 
 from __future__ import annotations
 
+import datetime as dt
+from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
 
@@ -80,3 +83,37 @@ def product_sale(line_class: pd.Series, item_id: pd.Series, quantity: pd.Series)
     """:data:`PRODUCT_SALE_SQL` over canonical columns held in memory."""
     ok = line_class.isin(PRODUCT_SALE_CLASSES) & item_id.notna() & (quantity > 0)
     return ok.to_numpy(dtype=bool)
+
+
+# A plausible line: what ingestion quarantines when it is not, and the storefront's events are
+# refused for when they are not. One definition for both, so an event cannot carry in what an
+# export could not (a 100,000-unit purchase at 9,999,999.99 moves any customer to "platinum").
+@dataclass(frozen=True)
+class Plausibility:
+    max_abs_quantity: int = 10_000  # a line of this many units or more is a data-entry error
+    max_unit_price: float = 100_000.0  # a product's unit price above this is one too
+    earliest: dt.datetime = dt.datetime(1990, 1, 1, tzinfo=dt.timezone.utc)  # no order before this
+    # how far past this server's clock a time may lie: a clock with a UTC offset may be a few
+    # minutes off; a local time without a zone (an export's) may be up to 14 hours ahead of UTC
+    ahead: dt.timedelta = dt.timedelta(minutes=5)
+    naive_ahead: dt.timedelta = dt.timedelta(hours=14)
+
+    def latest(self, now: dt.datetime, *, naive: bool) -> dt.datetime:
+        return now + (self.naive_ahead if naive else self.ahead)
+
+    def problems(self, *, quantity: int, unit_price: float | None, item_id: str, when: dt.datetime, now: dt.datetime,
+                 floor: dt.datetime | None = None) -> list[str]:
+        """Why a line (as the storefront sends it: a time with a UTC offset) is not believable."""
+        out = []
+        service = is_non_product(item_id)
+        if not service and abs(quantity) >= self.max_abs_quantity:
+            out.append(f"quantity: {quantity} is implausible (|quantity| >= {self.max_abs_quantity})")
+        if unit_price is not None and not service and unit_price > self.max_unit_price:
+            out.append(f"price: {unit_price} is implausible (above {self.max_unit_price:g})")
+        lowest = max(self.earliest, floor) if floor is not None else self.earliest
+        if when < lowest:
+            out.append(f"timestamp: is before {lowest.date().isoformat()}, "
+                       + ("the shop's first order" if floor is not None and floor > self.earliest else "the earliest plausible date"))
+        if when > self.latest(now, naive=False):
+            out.append(f"timestamp: is more than {int(self.ahead.total_seconds())} s in the future of this server's clock")
+        return out

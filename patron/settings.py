@@ -12,6 +12,8 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from patron.rules import Plausibility
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -28,8 +30,15 @@ class PatronSettings(BaseSettings):
     crm_keys: str = Field(default="", repr=False)
     admin_keys: str = Field(default="", repr=False)
     serve_workers: int = Field(default=1, ge=1, le=8)
+    # open connections one service worker accepts; more are answered 503 and closed
+    max_connections: int = Field(default=1024, ge=1)
+    # seconds a client has to send a request's head (from its first byte), and then its body
+    head_timeout_seconds: float = Field(default=10.0, gt=0)
+    body_timeout_seconds: float = Field(default=10.0, gt=0)
     # Lines with |quantity| at or above this are treated as data-entry errors, not orders.
     max_abs_quantity: int = 10_000
+    # A product's unit price above this is treated as a data-entry error too.
+    max_unit_price: float = 100_000.0
     # Weekly feature snapshots: a customer's recency changes every day, so features are
     # recomputed on a grid of dates rather than only when the customer buys.
     snapshot_every_days: int = 7
@@ -38,6 +47,10 @@ class PatronSettings(BaseSettings):
         """Scope -> keys, from the comma-separated PATRON_STOREFRONT_KEYS, PATRON_CRM_KEYS, PATRON_ADMIN_KEYS."""
         raw = {"storefront": self.storefront_keys, "crm": self.crm_keys, "admin": self.admin_keys}
         return {scope: [k.strip() for k in text.split(",") if k.strip()] for scope, text in raw.items()}
+
+    def plausibility(self) -> Plausibility:
+        """What a believable order line is, for ingestion and the storefront's events."""
+        return Plausibility(max_abs_quantity=self.max_abs_quantity, max_unit_price=self.max_unit_price)
 
     def paths(self) -> "StatePaths":
         return StatePaths.for_home(self.home)

@@ -146,11 +146,11 @@ def ingest(
         if progress:
             with progress:
                 progress.start("ingest", total=len(find_files(source)))
-                report = run_ingest(source, paths.data, max_abs_quantity=settings.max_abs_quantity,
+                report = run_ingest(source, paths.data, plausible=settings.plausibility(),
                                     progress=lambda n: progress.advance("ingest", n))
                 progress.finish("ingest", f"{report.rows_in:,} rows read")
         else:
-            report = run_ingest(source, paths.data, max_abs_quantity=settings.max_abs_quantity)
+            report = run_ingest(source, paths.data, plausible=settings.plausibility())
     result = report.to_dict()
     paths.reports.mkdir(parents=True, exist_ok=True)
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
@@ -458,7 +458,7 @@ def demo(
     term.out.rule("the retraining pipeline on the shipped orders (Online Retail, UCI, CC BY 4.0)")
     with log.quiet(), StepLines(term.err) as steps:  # the files first, to know the as-of date
         steps.start("ingest", total=len(find_files([SHIPPED_DATA])))
-        report = run_ingest([SHIPPED_DATA], settings.paths().data, max_abs_quantity=settings.max_abs_quantity,
+        report = run_ingest([SHIPPED_DATA], settings.paths().data, plausible=settings.plausibility(),
                             progress=lambda n: steps.advance("ingest", n))
         steps.finish("ingest", f"{len(report.files):,} daily files, {report.rows_in:,} rows, {report.rows_written:,} new")
     as_of = _default_as_of(settings)

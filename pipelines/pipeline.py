@@ -128,7 +128,7 @@ def run_pipeline(
     # daily files are picked up, known ones cost a hash.
     sources = [*sources, *event_orders(paths)]
     watch.start("ingest", total=len(find_files(sources)))
-    report = ingest(sources, paths.data, max_abs_quantity=settings.max_abs_quantity, progress=lambda n: watch.advance("ingest", n))
+    report = ingest(sources, paths.data, plausible=settings.plausibility(), progress=lambda n: watch.advance("ingest", n))
     result.ran.append("ingest")
     result.details["ingest"] = {k: v for k, v in report.to_dict().items() if k != "files"}
     watch.finish("ingest", f"{len(report.files):,} files, {report.rows_in:,} rows read, {report.rows_written:,} new, "

@@ -114,6 +114,12 @@ def _recent_orders(data_dir: Path, per_customer: int = 5) -> dict[int, list[tupl
     return out
 
 
+def champion_versions(settings: PatronSettings, kinds: tuple[str, ...] = ALL_KINDS) -> dict[str, str | None]:
+    """What the registry's @champion aliases point at now (no model is loaded)."""
+    client = registry.configure(settings.paths().mlruns, settings.mlflow_uri)
+    return {registry.REGISTERED[k]: registry.champion_version(client, registry.REGISTERED[k]) for k in kinds}
+
+
 def load_champions(settings: PatronSettings, store, kinds: tuple[str, ...] = ALL_KINDS) -> Champions:
     """Load the @champion models of ``kinds``, refusing any that the code or the feature store cannot serve."""
     paths = settings.paths()

@@ -95,7 +95,14 @@ def _session(champions: Champions, basket: list[str], k: int, exclude: set[str],
 
 
 def _iso(epoch: float | None) -> str | None:
-    return dt.datetime.fromtimestamp(epoch, dt.timezone.utc).isoformat() if epoch else None
+    """An epoch as ISO text; None for none, and for one no calendar can show (whatever is stored,
+    an answer never fails on a date)."""
+    if not epoch:
+        return None
+    try:
+        return dt.datetime.fromtimestamp(epoch, dt.timezone.utc).isoformat()
+    except (OverflowError, ValueError, OSError):
+        return None
 
 
 def freshness(snapshot_ts: float | None, fresh: Fresh | None, now: float | None = None) -> S.Freshness:
@@ -104,10 +111,12 @@ def freshness(snapshot_ts: float | None, fresh: Fresh | None, now: float | None 
     received = fresh.updated_at if fresh is not None and fresh.updated_at else None
     newest = max(snapshot_ts or 0.0, received or 0.0)
     since = len(fresh.purchases_after(snapshot_ts or 0.0)) if fresh is not None else 0
+    orders = len(fresh.orders_after(snapshot_ts or 0.0)[0]) if fresh is not None else 0
     return S.Freshness(
         features_as_of=_iso(snapshot_ts), events_through=_iso(fresh.last_event_ts if fresh is not None else None),
         events_received_at=_iso(received), age_seconds=round(now - newest, 3) if newest else None,
-        purchases_since_snapshot=since,
+        purchases_since_snapshot=since, orders_since_snapshot=orders,
+        complete=fresh is None or fresh.complete_after(snapshot_ts or 0.0),
     )
 
 
@@ -309,21 +318,26 @@ def customer(rt: Runtime, req: S.CustomerRequest) -> S.CustomerResponse:
 # -------------------------------------------------------------------------------------- events
 
 
-def events(rt: Runtime, req: S.EventsRequest) -> S.EventsResponse:
-    """Append a batch durably (the ack waits for the commit), then make it visible online."""
+def events(rt: Runtime, req: S.EventsRequest, key_id: str | None = None) -> S.EventsResponse:
+    """Append a batch durably (the ack waits for the commit), then make it visible online. Events
+    obey the order-line rules of ingestion (patron.rules.Plausibility), and none may be dated
+    before the shop's first order; ``key_id`` names the key that sent them."""
     try:
-        result = rt.events.append(req.events)
+        result = rt.events.append(req.events, plausible=rt.settings.plausibility(), floor=rt.data_start(), key_id=key_id)
     except sqlite3.Error as exc:  # the batch's transaction rolled back: the client may retry it whole
         log.error("event log write failed: %s", exc)
         raise EventsUnavailable(type(exc).__name__) from exc
     visible = rt.publish(result.customers) if result.customers else True
-    accepted, dup, rej = result.count("accepted"), result.count("duplicate"), result.count("rejected")
+    counts = {s: result.count(s) for s in ("accepted", "duplicate", "rejected", "conflict")}
     if not visible:
         message = ("stored; the online features are not updated yet (the feature store is unavailable or lacks the "
                    "customer_recent view): they catch up automatically")
     else:
-        message = f"stored {accepted} event(s)" + (f", {dup} already known" if dup else "") + (f", rejected {rej}" if rej else "")
+        message = f"stored {counts['accepted']} event(s)" + "".join(
+            f", {counts[s]} {word}" for s, word in (("duplicate", "already known"), ("rejected", "rejected"),
+                                                     ("conflict", "conflicting with known event ids")) if counts[s])
     return S.EventsResponse(
-        accepted=accepted, duplicates=dup, rejected=rej, visible=visible, message=message,
+        accepted=counts["accepted"], duplicates=counts["duplicate"], rejected=counts["rejected"], conflicts=counts["conflict"],
+        visible=visible, message=message,
         results=[S.EventResult(index=v.index, event_id=v.event_id, status=v.status, reasons=v.reasons) for v in result.verdicts],
     )

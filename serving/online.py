@@ -133,7 +133,9 @@ def _list(v) -> list:
 class RecentEvents(_OnlineView):
     """Reads the ``customer_recent`` view that the event path pushes: one read per call."""
 
-    NAMES = ["purchase_ts", "purchase_items", "purchase_amounts", "purchase_orders", "basket_items", "last_event_ts", "updated_at"]
+    LISTS = ["purchase_ts", "purchase_items", "purchase_amounts", "purchase_orders", "basket_items", "order_ts", "order_keys",
+             "order_amounts"]
+    NAMES = [*LISTS, "last_event_ts", "updated_at", "orders_cut_at"]
 
     def __init__(self, store) -> None:
         super().__init__(store, RECENT_VIEW)
@@ -144,14 +146,22 @@ class RecentEvents(_OnlineView):
             if values is None:
                 out.append(None)
                 continue
-            lists = {n: _list(values[n]) if n in values else [] for n in self.NAMES[:5]}
+            lists = {n: _list(values[n]) if n in values else [] for n in self.LISTS}
+
+            def number(name: str) -> float:
+                return float(proto_value(values[name]) or 0) if name in values else 0.0
+
             out.append(Fresh(
                 purchase_ts=np.asarray(lists["purchase_ts"], float),
                 purchase_items=lists["purchase_items"],
                 purchase_amounts=np.asarray(lists["purchase_amounts"], float),
                 purchase_orders=lists["purchase_orders"],
                 basket_items=lists["basket_items"],
-                last_event_ts=float(proto_value(values["last_event_ts"]) or 0) if "last_event_ts" in values else 0.0,
-                updated_at=float(proto_value(values["updated_at"]) or 0) if "updated_at" in values else 0.0,
+                last_event_ts=number("last_event_ts"),
+                updated_at=number("updated_at"),
+                order_ts=np.asarray(lists["order_ts"], float),
+                order_keys=lists["order_keys"],
+                order_amounts=np.asarray(lists["order_amounts"], float),
+                orders_cut_at=number("orders_cut_at"),
             ))
         return out

@@ -7,6 +7,7 @@ with, and a model that fails to load never replaces one that works.
 
 from __future__ import annotations
 
+import datetime as dt
 import gc
 import logging
 import threading
@@ -14,7 +15,7 @@ import time
 
 from patron.features.catalog import CHURN_SERVICE
 from patron.features.events import RECENT_VIEW, EventLog, publish
-from patron.serving.champions import ALL_KINDS, Champions, ModelRefused, load_champions
+from patron.serving.champions import ALL_KINDS, Champions, ModelRefused, champion_versions, load_champions
 from patron.serving.online import OnlineFeatures, RecentEvents
 from patron.settings import PatronSettings
 
@@ -54,8 +55,12 @@ class Runtime:
         self.champions: Champions | None = None
         self.last_error: str | None = None
         self._reload_lock = threading.Lock()
+        self._reloads = 0  # completed reloads
+        self._last_reload: tuple[bool, str, dict[str, str], dict[str, str]] | None = None
         self._store_ok = (0.0, True)
         self._events: EventLog | None = None
+        self._events_lock = threading.Lock()
+        self._data_start: dt.datetime | bool | None = None
         self._recent: RecentEvents | None = None
         self._recent_retry = 0.0
         self.publish_failures = 0
@@ -63,7 +68,7 @@ class Runtime:
     @property
     def events(self) -> EventLog:
         """The storefront's event log, opened on first use (the CRM lane never writes events)."""
-        with self._reload_lock:
+        with self._events_lock:
             if self._events is None:
                 self._events = EventLog(self.settings.paths().events_log)
         return self._events
@@ -92,6 +97,14 @@ class Runtime:
             log.warning("publishing event state failed: %s: %s", type(exc).__name__, exc)
             return False
 
+    def data_start(self) -> dt.datetime | None:
+        """The time of the shop's first ingested order (looked up once): no event may be older."""
+        if self._data_start is None:
+            from patron.features.ingest import OrderStore
+
+            self._data_start = OrderStore(self.settings.paths().data).first_purchase() or False
+        return self._data_start or None
+
     def require(self) -> Champions:
         champions = self.champions
         if champions is None:
@@ -99,31 +112,45 @@ class Runtime:
         return champions
 
     def reload(self) -> tuple[bool, str, dict[str, str], dict[str, str]]:
-        """Load the current champions; keep serving the old ones if that fails."""
+        """Load the current champions; keep serving the old ones if that fails.
+
+        Reloads do not pile up: a call that arrives while another runs waits for it and gives its
+        answer; and when the champions are the ones already loaded, nothing is loaded again."""
+        arrived = self._reloads
         with self._reload_lock:
-            previous = dict(self.champions.versions) if self.champions else {}
-            try:
-                if self.features is None:
-                    self.features = _reader(self.store)
-                fresh = load_champions(self.settings, self.store, self.kinds)
-            except ModelRefused as exc:
-                self.last_error = str(exc)
-                log.error("reload refused: %s", exc)
-                kept = "; still serving " + ", ".join(f"{k} v{v}" for k, v in previous.items()) if previous else ""
-                return False, f"{exc}{kept}", previous, previous
-            self.champions = fresh  # one reference swap: in-flight requests keep the old object
-            self.last_error = None
-            # The models are some 600,000 long-lived objects; left in the collector's oldest
-            # generation, every full collection walked them all and stalled every request for
-            # about 0.3 s. Frozen, they are never scanned; thawed on the next reload so that the
-            # replaced models can still be freed.
-            gc.unfreeze()
-            gc.collect()
-            gc.freeze()
-            changed = {k: v for k, v in fresh.versions.items() if previous.get(k) != v}
-            message = ("loaded " + ", ".join(f"{k} v{v}" for k, v in changed.items())) if changed else "already serving the champions"
-            log.info("reload: %s", message)
-            return True, message, dict(fresh.versions), previous
+            if self._reloads != arrived and self._last_reload is not None:
+                return self._last_reload
+            result = self._reload()
+            self._reloads += 1
+            self._last_reload = result
+            return result
+
+    def _reload(self) -> tuple[bool, str, dict[str, str], dict[str, str]]:
+        previous = dict(self.champions.versions) if self.champions else {}
+        try:
+            if self.features is None:
+                self.features = _reader(self.store)
+            if previous and champion_versions(self.settings, self.kinds) == previous:
+                return True, "already serving the champions", previous, previous
+            fresh = load_champions(self.settings, self.store, self.kinds)
+        except ModelRefused as exc:
+            self.last_error = str(exc)
+            log.error("reload refused: %s", exc)
+            kept = "; still serving " + ", ".join(f"{k} v{v}" for k, v in previous.items()) if previous else ""
+            return False, f"{exc}{kept}", previous, previous
+        self.champions = fresh  # one reference swap: in-flight requests keep the old object
+        self.last_error = None
+        # The models are some 600,000 long-lived objects; left in the collector's oldest
+        # generation, every full collection walked them all and stalled every request for
+        # about 0.3 s. Frozen, they are never scanned; thawed on the next reload so that the
+        # replaced models can still be freed.
+        gc.unfreeze()
+        gc.collect()
+        gc.freeze()
+        changed = {k: v for k, v in fresh.versions.items() if previous.get(k) != v}
+        message = ("loaded " + ", ".join(f"{k} v{v}" for k, v in changed.items())) if changed else "already serving the champions"
+        log.info("reload: %s", message)
+        return True, message, dict(fresh.versions), previous
 
     def reader(self) -> OnlineFeatures:
         if self.features is None:

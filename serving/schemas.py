@@ -68,7 +68,10 @@ class Freshness(Response):
     events_through: str | None = Field(None, description="time of the newest storefront event applied on top of the snapshot")
     events_received_at: str | None = Field(None, description="when that event reached the service")
     age_seconds: float | None = Field(None, description="seconds since the newest information used (snapshot or event) arrived")
-    purchases_since_snapshot: int = Field(0, description="purchase lines applied on top of the snapshot")
+    purchases_since_snapshot: int = Field(0, description="purchase lines of the storefront after the snapshot (the newest 100 at most)")
+    orders_since_snapshot: int = Field(0, description="storefront orders applied on top of the snapshot")
+    complete: bool = Field(True, description="false when a customer has more storefront orders than the service keeps: the oldest of "
+                                             "those after the snapshot are left out")
 
 
 Fallback = Literal["unknown_customer", "no_customer", "features_unavailable", "unknown_item", "no_known_items"]
@@ -200,14 +203,15 @@ class EventsRequest(Request):
 class EventResult(Response):
     index: int = Field(description="position in the batch")
     event_id: str | None
-    status: Literal["accepted", "duplicate", "rejected"]
-    reasons: list[str] = Field(default_factory=list, description="why it was rejected, or a note on how it was taken")
+    status: Literal["accepted", "duplicate", "rejected", "conflict"]
+    reasons: list[str] = Field(default_factory=list, description="why it was rejected or is a conflict")
 
 
 class EventsResponse(Response):
     accepted: int
     duplicates: int = Field(description="events whose event_id was already known: nothing changed")
     rejected: int = Field(description="kept with their reasons, not applied")
+    conflicts: int = Field(0, description="event ids already used for other content: refused, kept with the reason")
     results: list[EventResult] = Field(description="one per event, in the order sent")
     visible: bool = Field(description="true when the online features already reflect the accepted events")
     message: str
@@ -232,30 +236,38 @@ class ErrorResponse(Response):
     detail: list[str] = Field(default_factory=list)
 
 
+KiB = 1024
+
+
 class Endpoint(BaseModel):
     scope: Literal["storefront", "crm", "admin"]
     request: type[Request]
     response: type[Response]
     summary: str
+    # the largest body the contract allows, with room for pretty-printing; refused before parsing
+    max_body: int = 16 * KiB
 
 
 ENDPOINTS: dict[str, Endpoint] = {
     "/recommend": Endpoint(scope="storefront", request=RecommendRequest, response=RecommendResponse,
-                           summary="Ranked items for a customer, an anonymous basket, or nobody (best sellers)"),
+                           summary="Ranked items for a customer, an anonymous basket, or nobody (best sellers)",
+                           max_body=128 * KiB),  # 200 basket items and 1,000 exclusions of 64 characters
     "/similar_items": Endpoint(scope="storefront", request=SimilarItemsRequest, response=SimilarItemsResponse,
                                summary="Items most often bought with the given item"),
     "/popular": Endpoint(scope="storefront", request=PopularRequest, response=PopularResponse,
                          summary="Best sellers: most distinct buyers over the last days"),
     "/churn": Endpoint(scope="crm", request=CustomersRequest, response=ChurnResponse,
-                       summary="Churn probability, risk band and reasons for 1..1000 customers, in the order asked"),
+                       summary="Churn probability, risk band and reasons for 1..1000 customers, in the order asked",
+                       max_body=64 * KiB),  # 1,000 ids
     "/ltv": Endpoint(scope="crm", request=CustomersRequest, response=LTVResponse,
-                     summary="Predicted spend and orders, P(alive), tier and next order date for 1..1000 customers"),
+                     summary="Predicted spend and orders, P(alive), tier and next order date for 1..1000 customers",
+                     max_body=64 * KiB),
     "/customer": Endpoint(scope="crm", request=CustomerRequest, response=CustomerResponse,
                           summary="One customer's profile: key features, churn, LTV, recent orders, recommendations"),
     "/events": Endpoint(scope="storefront", request=EventsRequest, response=EventsResponse,
-                        summary="Storefront events (purchase, add_to_cart, view): validated, deduplicated, stored durably, applied at once"),
+                        summary="Storefront events (purchase, add_to_cart, view): validated, deduplicated, stored durably, applied at once",
+                        max_body=1024 * KiB),  # 1,000 events of up to about 700 bytes
     "/admin/reload": Endpoint(scope="admin", request=ReloadRequest, response=ReloadResponse,
                               summary="Load the current @champion models; on failure the models in use keep serving"),
 }
 SCOPES = {path: e.scope for path, e in ENDPOINTS.items()}
-REQUEST_MODELS: dict[str, type[Request]] = {path: e.request for path, e in ENDPOINTS.items()}

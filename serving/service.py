@@ -28,32 +28,42 @@ import anyio
 import bentoml
 from starlette.responses import JSONResponse, Response
 
+from patron.compat import uvicorn_http
 from patron.compat.bentoml_timeout import cancel_request_timers
 from patron.serving import logic, openapi
 from patron.serving import schemas as S
 from patron.serving.crm_lane import CrmLane, LaneUnavailable
-from patron.serving.edge import Edge
+from patron.serving.edge import KEY_ID, Edge
 from patron.serving.online import FeaturesUnavailable
 from patron.serving.runtime import EventsUnavailable, NotReady, Runtime
 from patron.settings import PatronSettings
 
 log = logging.getLogger(__name__)
 
+# The worker's HTTP connections get limits no client can talk past (request head size and time,
+# open connections): BentoML builds the worker's uvicorn Config after importing this module, and
+# takes its protocol from here (patron/compat/uvicorn_http.py).
+_limits = PatronSettings()
+uvicorn_http.install(max_connections=_limits.max_connections, head_timeout=_limits.head_timeout_seconds)
+
 
 T = TypeVar("T")
 
 
+def _error(status: int, body: dict, retry_after: int | None = None) -> JSONResponse:
+    """An error answer of Patron's own (the edge replaces any other error answer with a plain one)."""
+    headers = {"x-patron-answer": "1", **({"retry-after": str(retry_after)} if retry_after else {})}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
 def _unavailable(exc: Exception) -> JSONResponse:
     if isinstance(exc, NotReady):
-        return JSONResponse({"error": f"not ready: {exc}", "detail": []}, status_code=503, headers={"retry-after": "5"})
+        return _error(503, {"error": f"not ready: {exc}", "detail": []}, retry_after=5)
     if isinstance(exc, LaneUnavailable):
-        return JSONResponse({"error": f"scoring is restarting, retry: {exc}", "detail": []}, status_code=503,
-                            headers={"retry-after": "1"})
+        return _error(503, {"error": f"scoring is restarting, retry: {exc}", "detail": []}, retry_after=1)
     if isinstance(exc, EventsUnavailable):
-        return JSONResponse({"error": f"events cannot be stored right now, nothing was kept: {exc}", "detail": []},
-                            status_code=503, headers={"retry-after": "5"})
-    return JSONResponse({"error": f"customer features are unavailable: {exc}", "detail": []}, status_code=503,
-                        headers={"retry-after": "5"})
+        return _error(503, {"error": f"events cannot be stored right now, nothing was kept: {exc}", "detail": []}, retry_after=5)
+    return _error(503, {"error": f"customer features are unavailable: {exc}", "detail": []}, retry_after=5)
 
 
 class _EventMetrics:
@@ -85,7 +95,8 @@ class _EventMetrics:
     logging={"access": {"enabled": False}},
     tracing={"sample_rate": 0.0, "excluded_urls": list(S.SCOPES)},
     monitoring={"enabled": False},
-    metrics={"enabled": True, "namespace": "patron"},
+    # BentoML's traffic metrics label requests by their raw path; serving/metrics.py labels by route
+    metrics={"enabled": False},
 )
 class Patron:
     """Recommendations for the storefront; churn, LTV and profiles for the CRM."""
@@ -184,14 +195,15 @@ class Patron:
         return await self._call(logic.customer, S.CustomerRequest(**fields), thread=True)
 
     @bentoml.api(route="/events", input_spec=S.EventsRequest, output_spec=S.EventsResponse)
-    async def events(self, **fields) -> S.EventsResponse:
+    async def events(self, ctx: bentoml.Context, **fields) -> S.EventsResponse:
         """Storefront events: each validated, deduplicated by event_id, stored durably before the
         answer, and applied to the customer's online features at once."""
-        return await self._call(self._events, S.EventsRequest(**fields), thread=True)
+        key = ctx.request.scope.get(KEY_ID)
+        return await self._call(lambda rt, req: self._events(rt, req, key), S.EventsRequest(**fields), thread=True)
 
-    def _events(self, rt: Runtime, request: S.EventsRequest) -> S.EventsResponse:
+    def _events(self, rt: Runtime, request: S.EventsRequest, key_id: str | None) -> S.EventsResponse:
         started = time.perf_counter()
-        answer = logic.events(rt, request)
+        answer = logic.events(rt, request, key_id)
         self._metrics.record(answer, time.perf_counter() - started)
         return answer
 
@@ -205,8 +217,8 @@ class Patron:
                 ok, message = False, f"{message}; the CRM lane did not reload: {lane_message}"
         body = S.ReloadResponse(reloaded=ok, message=message, model_versions=versions, previous_versions=previous)
         if not ok:
-            return JSONResponse(body.model_dump(), status_code=409 if previous else 503)
+            return _error(409 if previous else 503, body.model_dump())
         return body
 
 
-Patron.add_asgi_middleware(Edge, scopes=S.SCOPES, models=S.REQUEST_MODELS, openapi=openapi.document())
+Patron.add_asgi_middleware(Edge, endpoints=S.ENDPOINTS, openapi=openapi.document(), body_timeout=_limits.body_timeout_seconds)

@@ -84,10 +84,12 @@ def test_a_bad_event_is_rejected_with_its_reason_and_kept(elog: EventLog, event,
 def test_an_event_id_counts_once_within_and_across_batches(elog: EventLog) -> None:
     first = elog.append([ev("a"), ev("b", item="22423"), ev("a")])
     assert [v.status for v in first.verdicts] == ["accepted", "accepted", "duplicate"]
-    again = elog.append([ev("b", item="22423"), ev("a", price=99.0)])  # a repeat changes nothing, even if it differs
-    assert [v.status for v in again.verdicts] == ["duplicate", "duplicate"] and again.customers == []
+    again = elog.append([ev("b", item="22423"), ev("a", price=99.0)])  # a repeat changes nothing
+    assert [v.status for v in again.verdicts] == ["duplicate", "conflict"] and again.customers == []
+    assert "already used for another event" in again.verdicts[1].reasons[0]  # another event under a known id: refused
     stored = elog.events()
     assert list(stored["event_id"]) == ["a", "b"] and stored["price"].tolist() == [2.55, 2.55]
+    assert elog.rejected()["event_id"].tolist() == ["a"]  # kept, with its reason
 
 
 def test_an_appended_event_survives_a_sigkill_right_after_the_append(tmp_path: Path) -> None:
@@ -142,8 +144,17 @@ def test_a_session_before_login_counts_for_the_customer_once_attached(elog: Even
     assert later.customers == [42]  # the attached session's later events are the customer's too
     with elog.publishing([42]) as (frame, _):
         assert frame.iloc[0]["basket_items"] == ["Z", "X"]
+    # another customer uses the session: it is contested, its anonymous events count for nobody, and
+    # the answer tells neither customer anything about the other
     other = elog.append([ev("s4", kind="view", customer=7, item="Y", session_id="sess-1", minutes=3)])
-    assert other.verdicts[0].status == "accepted" and "attached to another customer" in other.verdicts[0].reasons[0]
+    assert other.verdicts[0].status == "accepted" and other.verdicts[0].reasons == []
+    assert other.customers == [7, 42]  # 42's state is rebuilt without the session's events
+    with elog.publishing([42]) as (frame, _):
+        assert frame.iloc[0]["basket_items"] == []
+    anonymous = elog.append([ev("s5", kind="add_to_cart", customer=None, item="W", session_id="sess-1", minutes=4)])
+    assert anonymous.verdicts[0].status == "accepted" and anonymous.customers == []
+    again = elog.append([ev("s6", kind="view", customer=42, item="Y", session_id="sess-1", minutes=5)])
+    assert again.customers == [42]  # no re-attachment: the session stays contested
 
 
 def test_a_failed_push_keeps_the_customers_pending(elog: EventLog) -> None:
@@ -168,11 +179,13 @@ def test_published_state_reads_back_from_the_feast_online_store(tmp_path: Path, 
     log = EventLog(events_path(tmp_path))
     try:
         customer = 910_000_000 + int(time.time() * 1000) % 1_000_000  # unique per run on a shared Redis
-        log.append([ev("a", customer=customer, item="A", quantity=2, price=1.25), ev("b", customer=customer, kind="add_to_cart", item="B", minutes=1)])
+        log.append([ev("a", customer=customer, item="A1", quantity=2, price=1.25),
+                    ev("b", customer=customer, kind="add_to_cart", item="B1", minutes=1)])
         assert publish(store, log) == 1
         fresh, missing = RecentEvents(store).read([customer, customer + 1])
         assert missing is None
-        assert fresh.purchase_items == ["A"] and fresh.basket_items == ["B"] and fresh.purchase_amounts.tolist() == [2.5]
+        assert fresh.purchase_items == ["A1"] and fresh.basket_items == ["B1"] and fresh.purchase_amounts.tolist() == [2.5]
+        assert fresh.order_amounts.tolist() == [2.5] and fresh.orders_cut_at == 0
         assert fresh.purchase_ts.tolist() == [T0.timestamp()] and fresh.updated_at > 0
     finally:
         log.close()
@@ -300,10 +313,12 @@ def test_a_log_that_cannot_be_written_is_a_503_not_a_500(tmp_path: Path) -> None
     from patron.serving.runtime import EventsUnavailable
 
     class Full(EventLog):
-        def append(self, raw_events, now=None):
+        def append(self, raw_events, now=None, **rules):
             raise sqlite3.OperationalError("database or disk is full")
 
-    rt = SimpleNamespace(events=Full(events_path(tmp_path)))
+    from patron.settings import PatronSettings
+
+    rt = SimpleNamespace(events=Full(events_path(tmp_path)), settings=PatronSettings(), data_start=lambda: None)
     with pytest.raises(EventsUnavailable):
         logic.events(rt, S.EventsRequest(events=[ev("a")]))
     rt.events.close()

@@ -156,3 +156,47 @@ def test_the_popular_list_ranks_products_by_recent_buyers_and_never_lists_servic
 def test_each_rule_is_written_once(pattern: str, home: str) -> None:
     where = sorted(str(p.relative_to(REPO)) for p, text in product_sources().items() if re.search(pattern, text))
     assert where == [home], f"{pattern!r} is written in {where}, expected only in {home}"
+
+
+# -------------------------------------------------------------------------- a plausible line
+
+PLAUSIBLE_CASES = [  # (item, quantity, unit price, believable)
+    ("85123A", 6, 2.55, True),
+    ("85123A", 9_999, 2.55, True),
+    ("85123A", 10_000, 2.55, False),  # a data-entry error, not an order
+    ("85123A", 2, 100_000.0, True),
+    ("85123A", 2, 100_000.01, False),
+    ("POST", 1, 250_000.0, True),  # service lines carry odd amounts legitimately
+    ("85123A", 100_000, 9_999_999.99, False),
+]
+
+
+def test_a_plausible_line_is_the_same_for_ingestion_and_for_events(tmp_path: Path) -> None:
+    """One definition of a believable line: ingestion quarantines what events are refused for."""
+    from patron.features.ingest import ingest, read_quarantine
+    from tests.conftest import line, write_raw
+
+    rules_ = rules.Plausibility()
+    now = dt.datetime(2026, 1, 1, tzinfo=UTC)
+    when = dt.datetime(2025, 6, 1, 10, tzinfo=UTC)
+    rows = [line(f"5{i:05d}", item, q, "2025-06-01 10:00:00", p, cust=str(100 + i)) for i, (item, q, p, _) in enumerate(PLAUSIBLE_CASES)]
+    ingest([write_raw(tmp_path / "lines.csv", rows)], tmp_path / "data", plausible=rules_)
+    quarantined = set(read_quarantine(tmp_path / "data")["InvoiceNo"])
+    for i, (item, q, p, believable) in enumerate(PLAUSIBLE_CASES):
+        said = rules_.problems(quantity=q, unit_price=p, item_id=item, when=when, now=now)
+        assert (not said) is believable, (item, q, p, said)
+        assert (f"5{i:05d}" not in quarantined) is believable, (item, q, p)
+
+
+@pytest.mark.parametrize(
+    "when, believable",
+    [(dt.datetime(2025, 12, 31, 23, 59, tzinfo=UTC), True), (dt.datetime(2026, 1, 1, 0, 4, tzinfo=UTC), True),
+     (dt.datetime(2026, 1, 1, 0, 6, tzinfo=UTC), False), (dt.datetime(1989, 12, 31, tzinfo=UTC), False)],
+)
+def test_a_time_is_believable_from_the_earliest_date_to_a_few_minutes_ahead(when, believable) -> None:
+    now = dt.datetime(2026, 1, 1, tzinfo=UTC)
+    said = rules.Plausibility().problems(quantity=1, unit_price=1.0, item_id="85123A", when=when, now=now)
+    assert (not said) is believable, said
+    floor = dt.datetime(2025, 12, 31, 23, 59, 30, tzinfo=UTC)  # the shop's first order
+    assert rules.Plausibility().problems(quantity=1, unit_price=1.0, item_id="85123A", when=floor - dt.timedelta(seconds=1),
+                                         now=now, floor=floor)

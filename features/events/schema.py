@@ -3,6 +3,7 @@ the verdict it gets."""
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 from dataclasses import dataclass, field
 from typing import Annotated, Literal
@@ -19,13 +20,14 @@ from pydantic import (
     model_validator,
 )
 
+from patron.rules import Plausibility, is_non_product
 from patron.validation import finite, integral
 
 PUSH_SOURCE = "customer_events_push"
 RECENT_VIEW = "customer_recent"
 MAX_BATCH = 1000
-MAX_FUTURE_SECONDS = 300  # clock skew allowed between the storefront and this service
-MAX_PURCHASES = 100  # purchase lines kept in a customer's online state, newest first
+MAX_PURCHASES = 100  # purchase lines kept in a customer's online state (for their items), newest first
+MAX_ORDERS = 5000  # orders kept in a customer's online state (for counts and spend), newest first
 MAX_BASKET = 30
 REJECTED_BODY_BYTES = 4096  # a rejected event is kept whole up to this size, cut beyond
 
@@ -43,8 +45,9 @@ class Event(BaseModel):
     customer_id: Annotated[StrictInt, Field(ge=1, le=2**53), BeforeValidator(integral)] | None = None
     session_id: Text | None = Field(None, description="a shopper's session; attached to the customer of the first event carrying both")
     item_id: Annotated[str, StringConstraints(strict=True, strip_whitespace=True, to_upper=True, min_length=1, max_length=64, pattern=r"^[^\x00-\x1f]+$")]
-    quantity: Annotated[StrictInt, Field(ge=1, le=100_000), BeforeValidator(integral)] | None = Field(None, description="default 1")
-    price: Annotated[float, BeforeValidator(finite), Field(gt=0, lt=1e7)] | None = Field(None, description="unit price; required for a purchase")
+    # the bounds of a believable line are patron.rules.Plausibility's, checked in validate()
+    quantity: Annotated[StrictInt, Field(ge=1, le=2**31), BeforeValidator(integral)] | None = Field(None, description="default 1")
+    price: Annotated[float, BeforeValidator(finite), Field(gt=0)] | None = Field(None, description="unit price; required for a purchase")
     timestamp: AwareDatetime = Field(description="when it happened, ISO 8601 with a UTC offset")
     order_id: Annotated[str, StringConstraints(strict=True, strip_whitespace=True, to_upper=True, min_length=1, max_length=64,
                                                pattern=r"^[^C\x00-\x1f][^\x00-\x1f]*$")] | None = Field(
@@ -67,6 +70,10 @@ class Event(BaseModel):
     def epoch(self) -> float:
         return self.timestamp.timestamp()
 
+    def digest(self) -> str:
+        """The event's content: a repeat of its id with other content is a conflict, not a duplicate."""
+        return hashlib.sha256(self.model_dump_json(exclude={"event_id"}).encode()).hexdigest()[:32]
+
 
 def _reasons(exc: ValidationError) -> list[str]:
     out = []
@@ -85,20 +92,29 @@ class Verdict:
 
     index: int
     event_id: str | None
-    status: Literal["accepted", "duplicate", "rejected"]
+    status: Literal["accepted", "duplicate", "rejected", "conflict"]
     reasons: list[str] = field(default_factory=list)
 
 
-def validate(raw: object, now: float) -> Event | list[str]:
+def validate(raw: object, now: float, plausible: Plausibility = Plausibility(), floor: dt.datetime | None = None) -> Event | list[str]:
+    """An event, or why it is refused: its form, then the rules every order line obeys (quantity,
+    price, time window: not before ``floor``, the shop's first order, nor ahead of the clock)."""
     if not isinstance(raw, dict):
         return [f"an event is a JSON object, got a JSON {type(raw).__name__}"]
     try:
         event = Event.model_validate(raw)
     except ValidationError as exc:
         return _reasons(exc)
-    if event.epoch > now + MAX_FUTURE_SECONDS:
-        return [f"timestamp: is more than {MAX_FUTURE_SECONDS} s in the future of this server's clock"]
-    return event
+    try:
+        when = event.timestamp.astimezone(dt.timezone.utc)
+        event.epoch  # noqa: B018 - a time that exists only in another zone (year 0, year 10000) fails here
+    except (OverflowError, ValueError, OSError):
+        return ["timestamp: is outside the range of dates this service can represent"]
+    problems = plausible.problems(quantity=event.quantity or 1, unit_price=event.price, item_id=event.item_id, when=when,
+                                  now=dt.datetime.fromtimestamp(now, dt.timezone.utc), floor=floor)
+    if event.type != "purchase" and is_non_product(event.item_id):
+        problems.append(f"item_id: {event.item_id!r} is a service line (postage, fees), not a product one can view or add to a cart")
+    return problems or event
 
 
 def order_key(order_id: str | None, customer: int | None, session: str | None, ts: float, event_id: str) -> str:

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
-from patron.features.events.schema import MAX_BASKET, MAX_PURCHASES, PUSH_SOURCE, order_key
+from patron.features.events.schema import MAX_BASKET, MAX_ORDERS, MAX_PURCHASES, PUSH_SOURCE, order_key
 
 if TYPE_CHECKING:
     from patron.features.events.log import EventLog
@@ -20,11 +20,14 @@ if TYPE_CHECKING:
 # ----------------------------------------------------------------------------- online state
 
 STATE_COLUMNS = ("customer_id", "event_timestamp", "purchase_ts", "purchase_items", "purchase_amounts", "purchase_orders",
-                 "basket_items", "last_event_ts", "updated_at")
+                 "basket_items", "last_event_ts", "updated_at", "order_ts", "order_keys", "order_amounts", "orders_cut_at")
 
 
-def customer_state(customer_id: int, events: Sequence[tuple]) -> dict[str, Any]:
-    """A customer's online state from their events (newest first), as the push source's row."""
+def customer_state(customer_id: int, events: Sequence[tuple], orders: Sequence[tuple] = ()) -> dict[str, Any]:
+    """A customer's online state, as the push source's row: from their newest events (newest first)
+    the latest purchase lines and the basket; from ``orders`` (every purchase order, newest first,
+    see EventLog._orders_of) each order's time and amount, so that counts and spend take in every
+    purchase, and where the list stops when a customer has more than MAX_ORDERS."""
     p_ts: list[int] = []
     p_items: list[str] = []
     p_amounts: list[float] = []
@@ -39,6 +42,8 @@ def customer_state(customer_id: int, events: Sequence[tuple]) -> dict[str, Any]:
                 p_orders.append(order_key(order_id, customer_id, session or None, ts, event_id))
         elif kind == "add_to_cart" and not p_ts and item not in basket and len(basket) < MAX_BASKET:
             basket.append(item)  # newer than the last purchase (events come newest first)
+    kept = orders[:MAX_ORDERS]
+    cut_at = int(kept[-1][2]) if len(orders) > MAX_ORDERS else 0  # orders before this are not in the state
     return {
         "customer_id": int(customer_id),
         "event_timestamp": pd.Timestamp.now(tz="UTC"),
@@ -49,6 +54,10 @@ def customer_state(customer_id: int, events: Sequence[tuple]) -> dict[str, Any]:
         "basket_items": basket,
         "last_event_ts": int(max((e[5] for e in events), default=0)),
         "updated_at": float(max((e[6] for e in events), default=0.0)),
+        "order_ts": [int(newest) for _, _, newest, _ in kept],
+        "order_keys": [order_key(oid, customer_id, None, second, "") for oid, second, _, _ in kept],
+        "order_amounts": [round(float(amount), 4) for *_, amount in kept],
+        "orders_cut_at": cut_at,
     }
 
 
@@ -82,9 +91,31 @@ class Fresh:
     basket_items: list[str]
     last_event_ts: float
     updated_at: float
+    order_ts: np.ndarray = field(default_factory=lambda: np.zeros(0))  # every order, newest first
+    order_keys: list[str] = field(default_factory=list)
+    order_amounts: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    orders_cut_at: float = 0.0  # orders before this time are not in the state (0: all are)
 
     def purchases_after(self, t: float) -> np.ndarray:
         return np.flatnonzero(self.purchase_ts > t)
+
+    def orders_after(self, t: float) -> tuple[list[str], np.ndarray, np.ndarray]:
+        """(key, time, amount) of every order after ``t``; from the purchase lines for a state
+        pushed before orders were kept."""
+        if len(self.order_ts) or not len(self.purchase_ts):
+            sel = np.flatnonzero(self.order_ts > t)
+            return [self.order_keys[i] for i in sel], self.order_ts[sel], self.order_amounts[sel]
+        totals: dict[str, list[float]] = {}
+        for j in self.purchases_after(t):
+            entry = totals.setdefault(self.purchase_orders[j], [float(self.purchase_ts[j]), 0.0])
+            entry[0] = max(entry[0], float(self.purchase_ts[j]))
+            entry[1] += float(self.purchase_amounts[j])
+        keys = list(totals)
+        return keys, np.array([totals[k][0] for k in keys]), np.array([totals[k][1] for k in keys])
+
+    def complete_after(self, t: float) -> bool:
+        """Whether every order after ``t`` is in the state."""
+        return not self.orders_cut_at or self.orders_cut_at <= t
 
     def items_bought_after(self, t: float) -> list[str]:
         return list(dict.fromkeys(self.purchase_items[i] for i in self.purchases_after(t)))
@@ -107,17 +138,16 @@ def apply_purchases(frame: pd.DataFrame, snapshot_ts: np.ndarray, fresh: Sequenc
     for i, f in enumerate(fresh):
         if f is None:
             continue
-        new = f.purchases_after(snapshot_ts[i])
-        if not len(new):
+        keys, times, amounts = f.orders_after(snapshot_ts[i])
+        if not len(keys):
             continue
-        t_last = float(f.purchase_ts[new].max())
+        t_last = float(times.max())
         gap = max(0.0, (t_last - snapshot_ts[i]) / DAY)
         orders: dict[str, float] = {}
         order_day: dict[str, int] = {}
-        for j in new:
-            key = f.purchase_orders[j]
-            orders[key] = orders.get(key, 0.0) + float(f.purchase_amounts[j])
-            order_day[key] = int(f.purchase_ts[j] // DAY)
+        for key, when, amount in zip(keys, times, amounts):
+            orders[key] = orders.get(key, 0.0) + float(amount)
+            order_day[key] = int(when // DAY)
         n, spend = len(orders), float(sum(orders.values()))
         r = out.iloc[i]
 

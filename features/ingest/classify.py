@@ -10,8 +10,8 @@ import pandas as pd
 
 from patron import duck
 from patron.features.ingest.read import RawFrame
-from patron.features.ingest.schema import DATE_FORMATS, EARLIEST, FORMULA_RE, RAW_COLUMNS
-from patron.rules import CANCELLATION_PREFIX, LINE_CLASSES, non_product_sql
+from patron.features.ingest.schema import DATE_FORMATS, FORMULA_RE, RAW_COLUMNS
+from patron.rules import CANCELLATION_PREFIX, LINE_CLASSES, Plausibility, non_product_sql
 
 
 @dataclass
@@ -63,6 +63,7 @@ r AS (
         WHEN NOT is_non_product AND qty = 0 THEN 'Quantity is 0'
         WHEN NOT is_non_product AND price <= 0 THEN {q_price} || ' is not positive for a product line'
         WHEN NOT is_non_product AND abs(qty) >= $max_qty THEN {q_qty} || ' is implausible (|quantity| >= ' || $max_qty || ')'
+        WHEN NOT is_non_product AND price > $max_price THEN {q_price} || ' is implausible (above ' || $max_price || ')'
         WHEN NOT is_non_product AND is_cancel AND qty > 0 THEN 'cancellation invoice with a positive quantity'
         ELSE NULL END AS reason
     FROM f
@@ -110,13 +111,15 @@ FROM (
 """
 
 
-def classify(raw: RawFrame, *, max_abs_quantity: int, now: dt.datetime | None = None) -> Classified:
-    """Normalise types and give every row exactly one class (see the module docstring).
+def classify(raw: RawFrame, *, plausible: Plausibility = Plausibility(), now: dt.datetime | None = None) -> Classified:
+    """Normalise types and give every row exactly one class (see the module docstring); what is not
+    believable (:class:`patron.rules.Plausibility`, the same rules as the storefront's events) is
+    invalid.
 
     Runs as one DuckDB query over the Arrow batch: vectorised and multi-threaded, which matters
     at tens of millions of lines.
     """
-    now = now or dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    now = now or dt.datetime.now(dt.timezone.utc)
     sql = _CLASSIFY_SQL.format(
         non_product=non_product_sql("stock"),
         cancellation=duck.quote(CANCELLATION_PREFIX),
@@ -131,9 +134,11 @@ def classify(raw: RawFrame, *, max_abs_quantity: int, now: dt.datetime | None = 
     )
     params = {
         "formats": list(DATE_FORMATS),
-        "earliest": EARLIEST,
-        "latest": now + dt.timedelta(days=1),
-        "max_qty": max_abs_quantity,
+        # the export's times carry no zone: compared as naive UTC
+        "earliest": plausible.earliest.replace(tzinfo=None),
+        "latest": plausible.latest(now, naive=True).replace(tzinfo=None),
+        "max_qty": plausible.max_abs_quantity,
+        "max_price": plausible.max_unit_price,
     }
     con = duck.connect()
     try:

@@ -99,6 +99,15 @@ class OrderStore:
         parts = self.committed_parts(kind)
         return duck.scan(parts) if parts else None
 
+    def first_purchase(self) -> dt.datetime | None:
+        """The time of the oldest valid purchase committed, or None when there is none."""
+        lines = self.scan()
+        if lines is None:
+            return None
+        with duck.connect() as con:
+            (first,) = con.execute(f"SELECT min(invoice_ts) FROM {lines} WHERE {VALID_PURCHASE_SQL}").fetchone()
+        return first
+
     def last_purchase_day(self) -> dt.date | None:
         """The UTC day of the newest valid purchase committed, or None when there is none."""
         lines = self.scan()

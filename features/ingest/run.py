@@ -14,7 +14,7 @@ from patron.features.ingest.classify import classify
 from patron.features.ingest.ledger import OrderStore, day_of
 from patron.features.ingest.read import RawFrame, find_files, read_raw, validate_header
 from patron.features.ingest.schema import FileReport, IngestReport
-from patron.rules import LINE_CLASSES
+from patron.rules import LINE_CLASSES, Plausibility
 
 
 def _sha256(path: Path) -> str:
@@ -29,7 +29,7 @@ def ingest(
     sources: Sequence[Path],
     data_dir: Path,
     *,
-    max_abs_quantity: int = 10_000,
+    plausible: Plausibility = Plausibility(),
     batch_rows: int = 400_000,
     progress: Callable[[int], None] | None = None,
 ) -> IngestReport:
@@ -56,7 +56,7 @@ def ingest(
             if record is None and any(d == digest for _, d, _ in pending):
                 record = {}  # the same bytes twice in one run: the second copy is a re-ingest
             if record is not None:
-                _flush(store, pending, report, max_abs_quantity, progress)
+                _flush(store, pending, report, plausible, progress)
                 pending, pending_rows = [], 0
                 record = record or store.file_record(digest) or {}
                 report.add(
@@ -79,9 +79,9 @@ def ingest(
             pending.append((path, digest, raw))
             pending_rows += raw.rows
             if pending_rows >= batch_rows:
-                _flush(store, pending, report, max_abs_quantity, progress)
+                _flush(store, pending, report, plausible, progress)
                 pending, pending_rows = [], 0
-        _flush(store, pending, report, max_abs_quantity, progress)
+        _flush(store, pending, report, plausible, progress)
     return report
 
 
@@ -89,7 +89,7 @@ def _flush(
     store: OrderStore,
     pending: list[tuple[Path, str, RawFrame]],
     report: IngestReport,
-    max_abs_quantity: int,
+    plausible: Plausibility,
     progress: Callable[[int], None] | None,
 ) -> None:
 
@@ -104,7 +104,7 @@ def _flush(
         )
         broken = raw.broken.assign(source_file=key)
         keyed.append(RawFrame(frame, broken, raw.encoding, raw.delimiter))
-    result = classify(RawFrame.concat(keyed), max_abs_quantity=max_abs_quantity)
+    result = classify(RawFrame.concat(keyed), plausible=plausible)
     canon_by_file = dict(tuple(result.canonical.groupby("source_file", sort=False)))
     quar_by_file = dict(tuple(result.quarantine.groupby("source_file", sort=False)))
     empty_canon = result.canonical.iloc[0:0]

@@ -3,7 +3,6 @@ its errors and its reports."""
 
 from __future__ import annotations
 
-import datetime as dt
 import re
 from dataclasses import asdict, dataclass, field
 
@@ -36,7 +35,6 @@ DATE_FORMATS: tuple[str, ...] = (
     "%Y-%m-%dT%H:%M:%S",
     "%m/%d/%Y %H:%M",
 )
-EARLIEST = dt.datetime(1990, 1, 1)
 DELIMITERS = (",", ";", "\t", "|")
 
 CANONICAL_SCHEMA = pa.schema(

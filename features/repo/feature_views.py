@@ -77,8 +77,7 @@ product_features = FeatureView(
     tags={"owner": "patron"},
 )
 
-# Written by the event path, not by materialisation: the purchases and basket a customer made since
-# the last snapshot, newest first. No TTL: the service itself keeps only purchases after the
+# Written by the event path, not by materialisation: the purchases and basket a customer made, newest first. No TTL: the service itself keeps only purchases after the
 # snapshot its other features come from, so a row never outlives its use.
 customer_recent = FeatureView(
     name="customer_recent",
@@ -92,6 +91,10 @@ customer_recent = FeatureView(
         Field(name="basket_items", dtype=Array(String), description="added to the cart since the last purchase"),
         Field(name="last_event_ts", dtype=Int64, description="epoch seconds of the newest event of any type"),
         Field(name="updated_at", dtype=Float64, description="epoch seconds when the newest event was received"),
+        Field(name="order_ts", dtype=Array(Int64), description="epoch seconds of each purchase order, newest first"),
+        Field(name="order_keys", dtype=Array(String), description="the invoice of each order"),
+        Field(name="order_amounts", dtype=Array(Float64), description="the amount of each order"),
+        Field(name="orders_cut_at", dtype=Int64, description="orders before this time are left out (0: none is)"),
     ],
     source=customer_events_push,
     online=True,
