@@ -17,6 +17,7 @@ ADAPTERS = {
     "patron.compat.bentoml_timeout": "bentoml",
     "patron.compat.sklearn_trees": "scikit-learn",
     "patron.compat.feast_sqlite": "feast",
+    "patron.compat.uvicorn_http": "uvicorn",
 }
 
 
@@ -39,12 +40,11 @@ def test_an_unknown_version_of_the_dependency_fails_at_import_naming_both_versio
 
 
 def test_the_installed_versions_are_the_pinned_ones() -> None:
-    """The pins of pyproject.toml and the adapters' known versions move together."""
-    import tomllib
+    """The pins of requirements.lock and the adapters' known versions move together."""
     from pathlib import Path
 
-    deps = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]["dependencies"]
-    pins = {d.split("==")[0].split("[")[0]: d.split("==")[1] for d in deps if "==" in d}
+    lock = (Path(__file__).resolve().parents[1] / "requirements.lock").read_text().splitlines()
+    pins = {line.split("==")[0].lower(): line.split("==")[1] for line in lock if "==" in line and not line.startswith("#")}
     for adapter, distribution in ADAPTERS.items():
         assert pins[distribution] in importlib.import_module(adapter).KNOWN_VERSIONS, (adapter, pins[distribution])
 
