@@ -85,8 +85,12 @@ first_days AS (
     SELECT customer_id, min(day) AS first_day, arg_min(spend, day) AS first_day_spend
     FROM days GROUP BY customer_id
 ),
+-- the first order of each customer's day and month flags it, so that distinct days and months are
+-- counts of flags (a distinct count per customer and snapshot costs a hash set per group)
 orders_gap AS (
-    SELECT *, epoch(ts - lag(ts) OVER (PARTITION BY customer_id ORDER BY ts)) / 86400.0 AS gap_days
+    SELECT *, epoch(ts - lag(ts) OVER (PARTITION BY customer_id ORDER BY ts)) / 86400.0 AS gap_days,
+           row_number() OVER (PARTITION BY customer_id, date_trunc('day', ts) ORDER BY ts, invoice_no) = 1 AS first_of_day,
+           row_number() OVER (PARTITION BY customer_id, date_trunc('month', ts) ORDER BY ts, invoice_no) = 1 AS first_of_month
     FROM orders
 ),
 returns AS (
@@ -110,11 +114,14 @@ agg AS (
            coalesce(sum(o.spend) FILTER (WHERE o.ts >= s.t - INTERVAL 90 DAY), 0) AS spend_90d,
            coalesce(sum(o.spend) FILTER (WHERE o.ts >= s.t - INTERVAL 365 DAY), 0) AS spend_365d,
            arg_max(o.country, o.ts) FILTER (WHERE o.country IS NOT NULL) AS country,
-           count(DISTINCT date_trunc('day', o.ts)) AS purchase_days,
+           count(*) FILTER (WHERE o.first_of_day) AS purchase_days,
            max(date_trunc('day', o.ts)) AS last_day,
-           count(DISTINCT date_trunc('month', o.ts)) AS months_active,
-           count(DISTINCT floor(epoch(s.t - o.ts) / 604800)) FILTER (WHERE o.ts >= s.t - INTERVAL 91 DAY) AS active_weeks_13,
-           count(DISTINCT floor(epoch(s.t - o.ts) / 604800)) FILTER (WHERE o.ts >= s.t - INTERVAL 182 DAY) AS active_weeks_26,
+           count(*) FILTER (WHERE o.first_of_month) AS months_active,
+           -- weeks back from t with an order: one bit per week (0..26), counted
+           coalesce(bit_count(bit_or(1::BIGINT << floor(epoch(s.t - o.ts) / 604800)::INTEGER)
+                              FILTER (WHERE o.ts >= s.t - INTERVAL 91 DAY)), 0) AS active_weeks_13,
+           coalesce(bit_count(bit_or(1::BIGINT << floor(epoch(s.t - o.ts) / 604800)::INTEGER)
+                              FILTER (WHERE o.ts >= s.t - INTERVAL 182 DAY)), 0) AS active_weeks_26,
            sum(exp(-epoch(s.t - o.ts) / 86400.0 / 30)) AS decayed_orders_30,
            sum(exp(-epoch(s.t - o.ts) / 86400.0 / 90)) AS decayed_orders_90
     FROM orders_gap o JOIN snap s ON o.ts < s.t
@@ -196,43 +203,105 @@ sold AS (
     WHERE {product_sale} AND invoice_ts < $as_of
 ),
 item_day AS (
-    SELECT item_id, d, sum(quantity) AS units, count(*) AS n_lines, sum(amount) AS revenue, max(ts) AS last_ts
+    -- revenue as an exact decimal: running sums of +x and -x then give exactly 0
+    SELECT item_id, d, sum(quantity) AS units, count(*) AS n_lines, sum(amount::DECIMAL(38, 6)) AS revenue, max(ts) AS last_ts
     FROM sold GROUP BY item_id, d
 ),
-snap AS (SELECT unnest($snapshots::TIMESTAMPTZ[]) AS t),
--- a day counts for snapshot t only once it is over (d + 1 day <= t): no partial day leaks in
-agg AS (
-    SELECT i.item_id, s.t,
-           max(i.last_ts) AS last_ts,
-           sum(i.units) FILTER (WHERE i.d >= s.t - INTERVAL 7 DAY) AS units_7d,
-           sum(i.units) FILTER (WHERE i.d >= s.t - INTERVAL 30 DAY) AS units_30d,
-           sum(i.units) FILTER (WHERE i.d >= s.t - INTERVAL 90 DAY) AS units_90d,
-           sum(i.n_lines) FILTER (WHERE i.d >= s.t - INTERVAL 7 DAY) AS lines_7d,
-           sum(i.n_lines) FILTER (WHERE i.d >= s.t - INTERVAL 30 DAY) AS lines_30d,
-           sum(i.n_lines) FILTER (WHERE i.d >= s.t - INTERVAL 90 DAY) AS lines_90d,
-           sum(i.n_lines) FILTER (WHERE i.d >= s.t - INTERVAL 60 DAY AND i.d < s.t - INTERVAL 30 DAY) AS lines_prev_30d,
-           sum(i.revenue) FILTER (WHERE i.d >= s.t - INTERVAL 30 DAY) AS revenue_30d,
-           sum(i.revenue) FILTER (WHERE i.d >= s.t - INTERVAL 90 DAY) AS revenue_90d,
-           sum(i.units) AS units_total,
-           sum(i.revenue) AS revenue_total
-    FROM item_day i JOIN snap s ON i.d + INTERVAL 1 DAY <= s.t
-    GROUP BY i.item_id, s.t
+snap AS (SELECT t, (row_number() OVER (ORDER BY t) - 1)::BIGINT AS k FROM (SELECT unnest($snapshots::TIMESTAMPTZ[]) AS t)),
+n_snap AS (SELECT count(*) AS n FROM snap),
+-- A day d counts for snapshot t once it is over (d + 1 day <= t), and for a W-day window while
+-- d >= t - W days. Snapshots are numbered k = 0, 1, ... in time order; for every day of the data,
+-- k1 is the first snapshot the day counts for and kW the first it no longer counts for in a W-day
+-- window. Every day then adds its value at k1 and takes it back at kW, and a running sum over k
+-- gives each window's total at each snapshot: one pass over the days, not days x snapshots.
+days AS (SELECT DISTINCT d FROM item_day),
+day_k AS (
+    SELECT d.d,
+           count(*) FILTER (WHERE s.t < d.d + INTERVAL 1 DAY) AS k1,
+           count(*) FILTER (WHERE s.t <= d.d + INTERVAL 7 DAY) AS k7,
+           count(*) FILTER (WHERE s.t <= d.d + INTERVAL 30 DAY) AS k30,
+           count(*) FILTER (WHERE s.t <= d.d + INTERVAL 60 DAY) AS k60,
+           count(*) FILTER (WHERE s.t <= d.d + INTERVAL 90 DAY) AS k90
+    FROM days d CROSS JOIN snap s
+    GROUP BY d.d
 ),
--- distinct buyers in two grouped steps (spillable to disk), not count(DISTINCT) per window:
--- first the last purchase day of each buyer per product and snapshot, then counts per window
-buyer_last AS (
-    SELECT b.item_id, s.t, b.customer_id, max(b.d) AS last_d
-    FROM (SELECT DISTINCT item_id, customer_id, d FROM sold WHERE customer_id IS NOT NULL) b
-    JOIN snap s ON b.d + INTERVAL 1 DAY <= s.t AND b.d >= s.t - INTERVAL 90 DAY
-    GROUP BY b.item_id, s.t, b.customer_id
+item_events AS (
+    SELECT item_id, k, sum(u7) AS u7, sum(u30) AS u30, sum(u90) AS u90, sum(l7) AS l7, sum(l30) AS l30,
+           sum(l90) AS l90, sum(lp30) AS lp30, sum(r30) AS r30, sum(r90) AS r90, sum(ut) AS ut, sum(rt) AS rt,
+           max(last_ts) AS last_ts
+    FROM (
+        SELECT i.item_id, dk.k1 AS k, i.units AS u7, i.units AS u30, i.units AS u90, i.n_lines AS l7, i.n_lines AS l30,
+               i.n_lines AS l90, 0 AS lp30, i.revenue AS r30, i.revenue AS r90, i.units AS ut, i.revenue AS rt, i.last_ts
+        FROM item_day i JOIN day_k dk USING (d)
+        UNION ALL
+        SELECT i.item_id, dk.k7, -i.units, 0, 0, -i.n_lines, 0, 0, 0, 0, 0, 0, 0, NULL
+        FROM item_day i JOIN day_k dk USING (d)
+        UNION ALL
+        -- the 30 days before the last 30: from k30 to k60
+        SELECT i.item_id, dk.k30, 0, -i.units, 0, 0, -i.n_lines, 0, i.n_lines, -i.revenue, 0, 0, 0, NULL
+        FROM item_day i JOIN day_k dk USING (d)
+        UNION ALL
+        SELECT i.item_id, dk.k60, 0, 0, 0, 0, 0, 0, -i.n_lines, 0, 0, 0, 0, NULL
+        FROM item_day i JOIN day_k dk USING (d)
+        UNION ALL
+        SELECT i.item_id, dk.k90, 0, 0, -i.units, 0, 0, -i.n_lines, 0, 0, -i.revenue, 0, 0, NULL
+        FROM item_day i JOIN day_k dk USING (d)
+    ) e
+    WHERE k < (SELECT n FROM n_snap)
+    GROUP BY item_id, k
+),
+-- every (product, snapshot) from the first snapshot a sale of the product counts for
+grid AS (
+    SELECT f.item_id, s.k, s.t
+    FROM (SELECT item_id, min(k) AS k0 FROM item_events GROUP BY item_id) f JOIN snap s ON s.k >= f.k0
+),
+agg AS (
+    SELECT g.item_id, g.t,
+           max(e.last_ts) OVER w AS last_ts,
+           sum(coalesce(e.u7, 0)) OVER w AS units_7d,
+           sum(coalesce(e.u30, 0)) OVER w AS units_30d,
+           sum(coalesce(e.u90, 0)) OVER w AS units_90d,
+           sum(coalesce(e.l7, 0)) OVER w AS lines_7d,
+           sum(coalesce(e.l30, 0)) OVER w AS lines_30d,
+           sum(coalesce(e.l90, 0)) OVER w AS lines_90d,
+           sum(coalesce(e.lp30, 0)) OVER w AS lines_prev_30d,
+           sum(coalesce(e.r30, 0)) OVER w AS revenue_30d,
+           sum(coalesce(e.r90, 0)) OVER w AS revenue_90d,
+           sum(coalesce(e.ut, 0)) OVER w AS units_total,
+           sum(coalesce(e.rt, 0)) OVER w AS revenue_total
+    FROM grid g LEFT JOIN item_events e ON e.item_id = g.item_id AND e.k = g.k
+    WINDOW w AS (PARTITION BY g.item_id ORDER BY g.k ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)
+),
+-- distinct buyers: a buyer counts in a W-day window at t when their latest purchase day of the
+-- product before t (d + 1 day <= t) is at most W days old. Each purchase day is the latest from its
+-- k1 until the next purchase day's k1, and within W days until its kW: an interval of snapshots,
+-- disjoint from the buyer's other days' intervals, so counting intervals counts buyers.
+buyer_days AS (
+    SELECT item_id, customer_id, d, lead(d) OVER (PARTITION BY item_id, customer_id ORDER BY d) AS next_d
+    FROM (SELECT DISTINCT item_id, customer_id, d FROM sold WHERE customer_id IS NOT NULL)
+),
+buyer_spans AS (
+    SELECT b.item_id, dk.k1 AS k_from, coalesce(nk.k1, (SELECT n FROM n_snap)) AS k_next, dk.k7, dk.k30, dk.k90
+    FROM buyer_days b JOIN day_k dk ON dk.d = b.d LEFT JOIN day_k nk ON nk.d = b.next_d
+),
+buyer_events AS (
+    SELECT item_id, k, sum(b7) AS b7, sum(b30) AS b30, sum(b90) AS b90
+    FROM (
+        SELECT item_id, k_from AS k, 1 AS b7, 1 AS b30, 1 AS b90 FROM buyer_spans
+        UNION ALL SELECT item_id, least(k7, k_next), -1, 0, 0 FROM buyer_spans
+        UNION ALL SELECT item_id, least(k30, k_next), 0, -1, 0 FROM buyer_spans
+        UNION ALL SELECT item_id, least(k90, k_next), 0, 0, -1 FROM buyer_spans
+    ) e
+    WHERE k < (SELECT n FROM n_snap)
+    GROUP BY item_id, k
 ),
 buyers AS (
-    SELECT item_id, t,
-           count(*) FILTER (WHERE last_d >= t - INTERVAL 7 DAY) AS buyers_7d,
-           count(*) FILTER (WHERE last_d >= t - INTERVAL 30 DAY) AS buyers_30d,
-           count(*) AS buyers_90d
-    FROM buyer_last
-    GROUP BY item_id, t
+    SELECT g.item_id, g.t,
+           sum(coalesce(e.b7, 0)) OVER w AS buyers_7d,
+           sum(coalesce(e.b30, 0)) OVER w AS buyers_30d,
+           sum(coalesce(e.b90, 0)) OVER w AS buyers_90d
+    FROM grid g LEFT JOIN buyer_events e ON e.item_id = g.item_id AND e.k = g.k
+    WINDOW w AS (PARTITION BY g.item_id ORDER BY g.k ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)
 ),
 names AS (
     -- descriptions vary for one code: keep the most frequent, ties broken by the latest use
@@ -244,22 +313,21 @@ names AS (
 SELECT
     a.item_id AS item_id,
     a.t AS event_timestamp,
-    coalesce(a.units_7d, 0)::BIGINT AS units_7d,
-    coalesce(a.units_30d, 0)::BIGINT AS units_30d,
-    coalesce(a.units_90d, 0)::BIGINT AS units_90d,
-    coalesce(a.lines_7d, 0)::BIGINT AS lines_7d,
-    coalesce(a.lines_30d, 0)::BIGINT AS lines_30d,
-    coalesce(a.lines_90d, 0)::BIGINT AS lines_90d,
+    a.units_7d::BIGINT AS units_7d,
+    a.units_30d::BIGINT AS units_30d,
+    a.units_90d::BIGINT AS units_90d,
+    a.lines_7d::BIGINT AS lines_7d,
+    a.lines_30d::BIGINT AS lines_30d,
+    a.lines_90d::BIGINT AS lines_90d,
     coalesce(b.buyers_7d, 0)::BIGINT AS buyers_7d,
     coalesce(b.buyers_30d, 0)::BIGINT AS buyers_30d,
     coalesce(b.buyers_90d, 0)::BIGINT AS buyers_90d,
-    coalesce(a.revenue_30d, 0)::DOUBLE AS revenue_30d,
+    a.revenue_30d::DOUBLE AS revenue_30d,
     -- -1 (falling) .. +1 (rising): order lines of the last 30 days against the 30 days before
-    CASE WHEN coalesce(a.lines_30d, 0) + coalesce(a.lines_prev_30d, 0) = 0 THEN 0.0
-         ELSE (coalesce(a.lines_30d, 0) - coalesce(a.lines_prev_30d, 0))
-              / (coalesce(a.lines_30d, 0) + coalesce(a.lines_prev_30d, 0)) END::DOUBLE AS trend_30d,
+    CASE WHEN a.lines_30d + a.lines_prev_30d = 0 THEN 0.0
+         ELSE (a.lines_30d - a.lines_prev_30d) / (a.lines_30d + a.lines_prev_30d) END::DOUBLE AS trend_30d,
     -- quantity-weighted price; over all history when the product did not sell in 90 days
-    coalesce(a.revenue_90d / nullif(a.units_90d, 0), a.revenue_total / nullif(a.units_total, 0))::DOUBLE AS avg_price,
+    coalesce(a.revenue_90d::DOUBLE / nullif(a.units_90d, 0), a.revenue_total::DOUBLE / nullif(a.units_total, 0))::DOUBLE AS avg_price,
     epoch(a.t - a.last_ts) / 86400.0 AS days_since_last_sale,
     coalesce(n.description, '') AS description,
     now() AS created_at
