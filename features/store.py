@@ -18,6 +18,7 @@ import pandas as pd
 import yaml
 from feast import FeatureStore, RepoConfig
 
+from patron.compat import feast_duckdb
 from patron.errors import PatronError
 from patron.faults import crash_point
 from patron.features.catalog import CUSTOMER_FEATURES_FILE, PRODUCT_FEATURES_FILE
@@ -62,9 +63,43 @@ def open_store(
     if online_store == "redis":
         values["redis_connection_string"] = redis_connection_string(redis_url)
     text = string.Template(CONFIGS[online_store].read_text()).substitute(values)
+    feast_duckdb.install()  # relative table paths are read from the feature repo, as the file store does
+    _offline_engine()
     config = RepoConfig(**yaml.safe_load(text))
     config.repo_path = feature_repo
     return FeatureStore(repo_path=str(feature_repo), config=config)
+
+
+_ENGINE: list = []
+
+
+def _offline_engine(memory_limit: str = "4GB") -> None:
+    """Feast's DuckDB offline store runs on ibis' default DuckDB connection: give it a memory limit
+    (past it, joins spill to disk instead of growing), UTC, and release it before the interpreter
+    exits (DuckDB's bindings otherwise report the connection's objects as leaked)."""
+    if _ENGINE:
+        return
+    import atexit
+    import gc
+    import tempfile
+
+    import ibis
+
+    spill = tempfile.mkdtemp(prefix="patron-offline-")
+    con = ibis.duckdb.connect(memory_limit=memory_limit, temp_directory=spill)
+    con.raw_sql("SET TimeZone = 'UTC'")
+    ibis.set_backend(con)
+    _ENGINE.append(con)
+
+    def release() -> None:
+        ibis.options.default_backend = None
+        _ENGINE.clear()
+        gc.collect()
+        import shutil
+
+        shutil.rmtree(spill, ignore_errors=True)
+
+    atexit.register(release)
 
 
 def apply_definitions(store: FeatureStore) -> list[str]:

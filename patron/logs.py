@@ -50,6 +50,8 @@ UNDERSTOOD: tuple[Understood, ...] = (
                "the models' signatures declare customer ids as integers on purpose: an id is never missing"),
     Understood(FutureWarning, r"mlflow\.", r".*",
                "MLflow announcing changes to its own defaults; the pinned version's behaviour is what is tested"),
+    Understood(DeprecationWarning, r"ibis\.backends\.duckdb", r"fetch_arrow_table\(\) is deprecated",
+               "ibis 12 (under Feast's DuckDB offline store) calls DuckDB 2.0's older name for the same method"),
 )
 
 

@@ -42,6 +42,9 @@ class PatronSettings(BaseSettings):
     # Weekly feature snapshots: a customer's recency changes every day, so features are
     # recomputed on a grid of dates rather than only when the customer buys.
     snapshot_every_days: int = 7
+    # Labelled (customer, snapshot) rows the customer models train on: above it, whole customers
+    # are sampled (docs/scaling.md). The shipped shop has at most 70,150 (as of 2011-12-01): all kept.
+    train_max_rows: int = Field(default=500_000, ge=1_000)
 
     def api_keys(self) -> dict[str, list[str]]:
         """Scope -> keys, from the comma-separated PATRON_STOREFRONT_KEYS, PATRON_CRM_KEYS, PATRON_ADMIN_KEYS."""

@@ -24,8 +24,7 @@ from patron.training.customer.churn import ChurnModel
 from patron.training.customer.ltv import LTVModel
 from patron.training.customer.metrics import classification_metrics, tier_table, value_metrics
 from patron.training.customer.train import customer_frames
-from patron.training.data import load_lines
-from patron.training.frames import labels
+from patron.training.frames import windows
 from patron.training.spec import TrainSpec
 
 log = logging.getLogger(__name__)
@@ -44,23 +43,23 @@ class Evaluation:
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)
 
 
-def _check_window(spec: TrainSpec) -> pd.DataFrame:
-    lines = load_lines(spec.data_dir)
+def _check_window(spec: TrainSpec) -> None:
+    from patron.features.ingest import OrderStore
+
     end = spec.as_of + dt.timedelta(days=spec.horizon_days)
-    last = lines["invoice_ts"].max()
-    if last < end - dt.timedelta(days=7):
+    last = OrderStore(spec.data_dir).last_purchase_day()
+    if last is None or last < (end - dt.timedelta(days=7)).date():
         raise WindowNotObservedError(
-            f"the data ends on {last.date()}; evaluating {spec.horizon_days} days after {spec.as_of.date()} "
+            f"the data ends on {last}; evaluating {spec.horizon_days} days after {spec.as_of.date()} "
             f"needs orders up to about {end.date()}"
         )
-    return lines
 
 
 def evaluate_customer_models(spec: TrainSpec, kinds: tuple[str, ...] = ("churn", "ltv")) -> list[Evaluation]:
     registry.configure(spec.mlruns, spec.mlflow_uri)
-    lines = _check_window(spec)
+    _check_window(spec)
     _, labelled, scoring, _ = customer_frames(spec)
-    truth = labels(lines, scoring["customer_id"].to_numpy(), spec.as_of, spec.horizon_days)
+    truth = windows(spec.data_dir, [spec.as_of], spec.horizon_days).frame.set_index("customer_id")
     truth = truth.reindex(scoring["customer_id"].to_numpy())
     out: list[Evaluation] = []
     with tempfile.TemporaryDirectory() as tmp:

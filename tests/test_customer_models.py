@@ -14,7 +14,7 @@ from patron.training.base import ModelCard, ModelLoadError
 from patron.training.customer.churn import ChurnModel, risk_band
 from patron.training.customer.ltv import LTVModel, assign_tier, tier_cutoffs
 from patron.training.customer.metrics import classification_metrics, tier_table, value_metrics
-from patron.training.frames import TooLittleHistoryError, labels, plan_snapshots, population
+from patron.training.frames import TooLittleHistoryError, plan_snapshots, windows
 
 UTC = dt.timezone.utc
 
@@ -200,10 +200,34 @@ def test_labels_count_only_the_window() -> None:
     ts = pd.to_datetime(["2011-01-01", "2011-01-10", "2011-02-01", "2011-05-01"], utc=True)
     lines = pd.DataFrame({"customer_id": [1, 1, 2, 1], "invoice_no": ["a", "b", "c", "d"], "amount": [10.0, 20.0, 5.0, 99.0], "invoice_ts": ts})
     t = dt.datetime(2011, 1, 5, tzinfo=UTC)
-    assert population(lines, t).tolist() == [1]
-    lab = labels(lines, np.array([1, 2]), t, 20)  # [5 Jan, 25 Jan): not 1 Feb, not 1 May
-    assert lab.loc[1, "spend"] == 20.0 and lab.loc[1, "orders"] == 1 and lab.loc[1, "churned"] == 0
-    assert lab.loc[2, "spend"] == 0.0 and lab.loc[2, "churned"] == 1
+    w = windows(lines, [t], 20).frame.set_index("customer_id")  # [5 Jan, 25 Jan): not 1 Feb, not 1 May
+    assert w.index.tolist() == [1]  # the population: customer 2 had not bought before 5 Jan
+    assert w.loc[1, "spend"] == 20.0 and w.loc[1, "orders"] == 1 and w.loc[1, "churned"] == 0
+    assert w.loc[1, "past_spend"] == 10.0  # [16 Dec, 5 Jan)
+    later = windows(lines, [dt.datetime(2011, 2, 10, tzinfo=UTC)], 20).frame.set_index("customer_id")
+    assert later.loc[2, "spend"] == 0.0 and later.loc[2, "churned"] == 1 and later.loc[2, "past_spend"] == 5.0
+    assert later.loc[1, "churned"] == 1 and later.loc[1, "past_spend"] == 0.0  # 10 Jan is 31 days before
+
+
+def test_sampling_keeps_whole_customers_and_bounds_the_rows() -> None:
+    rng = np.random.default_rng(3)
+    n = 400
+    ts = pd.Timestamp("2011-01-01", tz="UTC") + pd.to_timedelta(rng.uniform(0, 200, 4 * n), unit="D")
+    lines = pd.DataFrame({"customer_id": np.tile(np.arange(n), 4), "invoice_no": [f"i{k}" for k in range(4 * n)],
+                          "amount": rng.uniform(1, 50, 4 * n), "invoice_ts": ts})
+    snaps = [dt.datetime(2011, 4, 1, tzinfo=UTC) + dt.timedelta(days=7 * k) for k in range(6)]
+    full = windows(lines, snaps, 30)
+    assert full.fraction == 1.0 and len(full.frame) == full.population_rows
+    part = windows(lines, snaps, 30, max_rows=full.population_rows // 3)
+    assert part.population_rows == full.population_rows and 0.2 < part.fraction < 0.45
+    assert len(part.frame) <= 1.2 * full.population_rows // 3
+    kept = set(part.frame["customer_id"])
+    # whole customers: every snapshot of a kept customer is there, with the same values as unsampled
+    same = full.frame[full.frame["customer_id"].isin(kept)].reset_index(drop=True)
+    pd.testing.assert_frame_equal(part.frame.reset_index(drop=True), same)
+    again = windows(lines, snaps, 30, max_rows=full.population_rows // 3).frame
+    pd.testing.assert_frame_equal(again, part.frame)  # the same customers every time
+    assert set(windows(lines, snaps, 30, max_rows=full.population_rows // 3, seed=1).frame["customer_id"]) != kept
 
 
 def test_the_fast_scorers_give_scikit_learns_numbers() -> None:

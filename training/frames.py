@@ -11,12 +11,15 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import math
+import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from patron.errors import PatronError
+from patron.rules import VALID_PURCHASE_SQL
 from patron.times import to_utc
 
 log = logging.getLogger(__name__)
@@ -80,63 +83,145 @@ def plan_snapshots(
     return SnapshotPlan(as_of=as_of, horizon_days=horizon_days, holdout=holdout, train=sorted(train))
 
 
-def population(lines: pd.DataFrame, t: dt.datetime) -> np.ndarray:
-    """Customers with a valid purchase strictly before t."""
-    return np.sort(lines.loc[lines["invoice_ts"] < to_utc(t), "customer_id"].unique())
+WINDOW_SQL = """
+WITH
+-- one row per order (invoice and moment) of a known customer
+orders AS (
+    SELECT customer_id::BIGINT AS customer_id, invoice_no, invoice_ts AS ts, sum(amount) AS spend
+    FROM lines
+    WHERE customer_id IS NOT NULL AND invoice_ts < $end
+    GROUP BY ALL
+),
+snap AS (SELECT unnest($snapshots::TIMESTAMPTZ[]) AS t),
+-- the population of snapshot t: customers with a valid purchase strictly before t
+pop AS (
+    SELECT f.customer_id, s.t
+    FROM (SELECT customer_id, min(ts) AS first_ts FROM orders GROUP BY customer_id) f
+    JOIN snap s ON f.first_ts < s.t
+    WHERE {sample}
+),
+-- past spend over [t - horizon, t), and the labels over [t, t + horizon)
+win AS (
+    SELECT o.customer_id, s.t,
+           sum(o.spend) FILTER (WHERE o.ts < s.t) AS past_spend,
+           sum(o.spend) FILTER (WHERE o.ts >= s.t) AS spend,
+           count(DISTINCT o.invoice_no) FILTER (WHERE o.ts >= s.t) AS orders
+    FROM orders o
+    JOIN snap s ON o.ts >= s.t - to_days($horizon) AND o.ts < s.t + to_days($horizon)
+    GROUP BY ALL
+)
+SELECT p.customer_id, p.t AS event_timestamp,
+       coalesce(w.past_spend, 0)::DOUBLE AS past_spend,
+       coalesce(w.spend, 0)::DOUBLE AS spend,
+       coalesce(w.orders, 0)::BIGINT AS orders,
+       (coalesce(w.orders, 0) = 0)::BIGINT AS churned
+FROM pop p LEFT JOIN win w ON w.customer_id = p.customer_id AND w.t = p.t
+ORDER BY event_timestamp, customer_id
+"""
+
+# Knuth's multiplicative hash of the id: which customers a sample keeps depends on the id and the
+# seed only, never on the order of the rows or on the engine
+SAMPLE_SQL = "(((customer_id::HUGEINT + $seed * 40503) * 2654435761) % 4294967296) < $keep"
 
 
-def labels(lines: pd.DataFrame, customers: np.ndarray, t: dt.datetime, horizon_days: int) -> pd.DataFrame:
-    """churned (no purchase in the window), spend and orders in [t, t + horizon) per customer."""
-    t = to_utc(t)
-    end = t + dt.timedelta(days=horizon_days)
-    w = lines[(lines["invoice_ts"] >= t) & (lines["invoice_ts"] < end)]
-    agg = w.groupby("customer_id").agg(spend=("amount", "sum"), orders=("invoice_no", "nunique"))
-    out = pd.DataFrame(index=pd.Index(customers, name="customer_id"))
-    out = out.join(agg).fillna({"spend": 0.0, "orders": 0})
-    out["orders"] = out["orders"].astype(np.int64)
-    out["churned"] = (out["orders"] == 0).astype(np.int64)
-    return out
+@dataclass(frozen=True)
+class Windows:
+    """Per (customer, snapshot): past spend and, for labelled snapshots, what happened next."""
+
+    frame: pd.DataFrame  # customer_id, event_timestamp, past_spend, spend, orders, churned
+    fraction: float  # the share of customers kept (1.0: all of them)
+    population_rows: int  # (customer, snapshot) rows before sampling
 
 
-def past_window_spend(lines: pd.DataFrame, customers: np.ndarray, t: dt.datetime, horizon_days: int) -> pd.Series:
-    """Spend in the horizon-long window before t: the 'past spend' baseline for LTV."""
-    t = to_utc(t)
-    w = lines[(lines["invoice_ts"] >= t - dt.timedelta(days=horizon_days)) & (lines["invoice_ts"] < t)]
-    return w.groupby("customer_id")["amount"].sum().reindex(customers).fillna(0.0)
+def _lines_view(con, lines) -> None:
+    """``lines``: the valid purchases, from the committed Parquet of a data folder or from a frame of
+    valid purchases (as :func:`patron.training.data.load_lines` gives them)."""
+    if isinstance(lines, pd.DataFrame):
+        con.register("given_lines", lines[["customer_id", "invoice_no", "invoice_ts", "amount"]])
+        con.execute("CREATE OR REPLACE TEMP VIEW lines AS SELECT * FROM given_lines")
+        return
+    from patron.features.ingest import OrderStore
+
+    scan = OrderStore(Path(lines)).scan()
+    if scan is None:
+        raise TooLittleHistoryError(f"no order lines under {lines}: run `patron ingest` first")
+    con.execute(f"CREATE OR REPLACE TEMP VIEW lines AS SELECT customer_id, invoice_no, invoice_ts, amount "
+                f"FROM {scan} WHERE {VALID_PURCHASE_SQL}")
+
+
+def windows(
+    lines,
+    snapshots: Sequence[dt.datetime],
+    horizon_days: int,
+    *,
+    end: dt.datetime | None = None,
+    max_rows: int | None = None,
+    seed: int = 0,
+    memory_limit: str | None = "3GB",
+) -> Windows:
+    """Population, past spend and labels of every snapshot, computed by DuckDB in one pass over the
+    orders (out of core past ``memory_limit``). Lines at or after ``end`` are not read.
+
+    With ``max_rows``, whole customers are sampled (all their snapshots or none) so that the rows
+    stay within it: a customer's later snapshots are never in training while their earlier ones
+    are left out, and the share kept is the same in every snapshot.
+    """
+    from patron import duck
+
+    if horizon_days < 1:
+        raise ValueError(f"horizon must be at least 1 day, got {horizon_days}")
+    snaps = sorted(to_utc(t) for t in snapshots)
+    end = to_utc(end) if end is not None else snaps[-1] + dt.timedelta(days=horizon_days)
+    with tempfile.TemporaryDirectory(prefix="patron-frames-") as tmp, \
+            duck.connect(memory_limit=memory_limit, temp_dir=Path(tmp)) as con:
+        _lines_view(con, lines)
+        params = {"end": end, "snapshots": snaps, "horizon": int(horizon_days)}
+        total = con.execute(
+            "SELECT count(*) FROM (SELECT customer_id, min(invoice_ts) AS f FROM lines "
+            "WHERE customer_id IS NOT NULL AND invoice_ts < $end GROUP BY ALL) c "
+            "JOIN (SELECT unnest($snapshots::TIMESTAMPTZ[]) AS t) s ON c.f < s.t",
+            {"end": end, "snapshots": snaps},
+        ).fetchone()[0]
+        fraction = 1.0 if not max_rows or total <= max_rows else max_rows / total
+        sql = WINDOW_SQL.replace("{sample}", "true" if fraction >= 1.0 else SAMPLE_SQL)
+        if fraction < 1.0:
+            params |= {"seed": int(seed), "keep": int(fraction * 2**32)}
+        frame = con.execute(sql, params).df()
+    frame["event_timestamp"] = pd.to_datetime(frame["event_timestamp"], utc=True)
+    return Windows(frame, fraction, int(total))
 
 
 def build_frame(
     store,  # feast.FeatureStore; untyped here so that importing this module stays light
-    lines: pd.DataFrame,
+    lines,
     snapshots: list[dt.datetime],
     horizon_days: int,
     service: str,
     *,
     with_labels: bool = True,
-) -> pd.DataFrame:
-    """One row per (customer, snapshot): Feast features of ``service``, past spend, labels."""
+    end: dt.datetime | None = None,
+    max_rows: int | None = None,
+    seed: int = 0,
+) -> tuple[pd.DataFrame, Windows]:
+    """One row per (customer, snapshot): Feast features of ``service``, past spend, labels.
+
+    ``lines`` is a data folder (or a frame of valid purchases); the features come from Feast's
+    point-in-time join, the rest from :func:`windows`.
+    """
     from patron.features.store import historical_features
 
-    pieces = []
-    entity_rows = []
-    for t in snapshots:
-        customers = population(lines, t)
-        if len(customers) == 0:
-            continue
-        entity_rows.append(pd.DataFrame({"customer_id": customers, "event_timestamp": pd.Timestamp(to_utc(t))}))
-        extra = past_window_spend(lines, customers, t, horizon_days).rename("past_spend").to_frame()
-        if with_labels:
-            extra = extra.join(labels(lines, customers, t, horizon_days))
-        extra["event_timestamp"] = pd.Timestamp(to_utc(t))
-        pieces.append(extra.reset_index())
-    if not entity_rows:
+    w = windows(lines, snapshots, horizon_days, end=end, max_rows=max_rows, seed=seed)
+    extra = w.frame
+    if extra.empty:
         raise TooLittleHistoryError("no customer has bought before any of the snapshot dates")
-    entity_df = pd.concat(entity_rows, ignore_index=True)
-    feats = historical_features(store, entity_df, service)
+    if not with_labels:
+        extra = extra[["customer_id", "event_timestamp", "past_spend"]]
+    feats = historical_features(store, extra[["customer_id", "event_timestamp"]], service)
     feats["event_timestamp"] = pd.to_datetime(feats["event_timestamp"], utc=True)
-    frame = pd.concat(pieces, ignore_index=True).merge(feats, on=["customer_id", "event_timestamp"], how="left")
+    frame = extra.merge(feats, on=["customer_id", "event_timestamp"], how="left")
     lost = int(frame["frequency"].isna().sum())
     if lost:
         # Missing features are allowed (the trees treat them as unknown) but should be rare.
         log.warning("%d of %d customer-snapshots have no features in %s", lost, len(frame), service)
-    return frame.rename(columns={"event_timestamp": "snapshot"}).sort_values(["snapshot", "customer_id"]).reset_index(drop=True)
+    frame = frame.rename(columns={"event_timestamp": "snapshot"}).sort_values(["snapshot", "customer_id"])
+    return frame.reset_index(drop=True), w

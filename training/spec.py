@@ -23,6 +23,7 @@ class TrainSpec:
     redis_url: str = "redis://127.0.0.1:6379/0"
     mlflow_uri: str | None = None
     seed: int = 0
+    max_train_rows: int | None = 500_000  # labelled rows above which customers are sampled
 
 
 @dataclass
@@ -59,4 +60,5 @@ def spec_for(settings: PatronSettings, as_of: dt.date | dt.datetime, horizon_day
         online_store=settings.online_store,
         redis_url=settings.redis_url,
         mlflow_uri=settings.mlflow_uri,
+        max_train_rows=settings.train_max_rows,
     )

@@ -24,7 +24,6 @@ from patron.training.customer.churn import ChurnModel
 from patron.training.customer.columns import INPUT_COLUMNS, RAW
 from patron.training.customer.ltv import LTVModel
 from patron.training.customer.metrics import classification_metrics, tier_table, value_metrics
-from patron.training.data import load_lines
 from patron.training.frames import SnapshotPlan, TooLittleHistoryError, build_frame, plan_snapshots
 from patron.training.spec import TrainResult, TrainSpec, model_card
 
@@ -54,23 +53,34 @@ def _store(spec: TrainSpec):
 def customer_frames(
     spec: TrainSpec, *, labelled_frames: bool = True
 ) -> tuple[SnapshotPlan | None, pd.DataFrame | None, pd.DataFrame, list[str]]:
-    """(plan, labelled frame or None when history is too short or not asked for, scoring frame at as_of, notes)."""
-    lines = load_lines(spec.data_dir, end=spec.as_of)
-    if lines.empty:
+    """(plan, labelled frame or None when history is too short or not asked for, scoring frame at as_of, notes).
+
+    The labelled frame holds at most ``spec.max_train_rows`` rows (whole customers sampled above
+    it, said in the notes); the scoring frame holds every customer."""
+    from patron.features.ingest import OrderStore
+
+    first = OrderStore(spec.data_dir).first_purchase()
+    if first is None or first >= spec.as_of:
         raise TooLittleHistoryError(f"no valid purchases before {spec.as_of.date()}")
     store = _store(spec)
     notes: list[str] = []
     plan, labelled = None, None
     if labelled_frames:  # scoring alone (export) needs no training frames
         try:
-            plan = plan_snapshots(lines["invoice_ts"].min(), spec.as_of, spec.horizon_days)
-            labelled = build_frame(store, lines, plan.all, spec.horizon_days, CHURN_SERVICE)
+            plan = plan_snapshots(first, spec.as_of, spec.horizon_days)
+            labelled, w = build_frame(store, spec.data_dir, plan.all, spec.horizon_days, CHURN_SERVICE,
+                                      end=spec.as_of, max_rows=spec.max_train_rows, seed=spec.seed)
+            if w.fraction < 1.0:
+                notes.append(f"trained on {w.fraction:.1%} of the customers, sampled by id: {len(labelled):,} of "
+                             f"{w.population_rows:,} labelled rows (PATRON_TRAIN_MAX_ROWS={spec.max_train_rows:,})")
+                log.info("training frames sampled: %d of %d rows", len(labelled), w.population_rows)
             _check_labels(labelled, plan)
         except TooLittleHistoryError as exc:
             plan, labelled = None, None
             notes.append(f"label-free fallback (BG/NBD + Gamma-Gamma): {exc}")
             log.warning("history too short for supervised models: %s", exc)
-    scoring = build_frame(store, lines, [spec.as_of], spec.horizon_days, CHURN_SERVICE, with_labels=False)
+    scoring, _ = build_frame(store, spec.data_dir, [spec.as_of], spec.horizon_days, CHURN_SERVICE,
+                             with_labels=False, end=spec.as_of)
     return plan, labelled, scoring, notes
 
 
@@ -95,6 +105,7 @@ def _log_frame_info(spec: TrainSpec, plan: SnapshotPlan | None, labelled: pd.Dat
             "holdout_snapshot": plan.holdout.date().isoformat() if plan else "none",
             "train_snapshots": ",".join(t.date().isoformat() for t in plan.train) if plan else "none",
             "seed": spec.seed,
+            "max_train_rows": spec.max_train_rows,
         }
     )
     if labelled is not None:
