@@ -358,3 +358,26 @@ def test_postage_and_fees_are_never_recommended(tmp_path):
         assert "POST" not in set(model.recommend([1, 2, 99], k=6, new_only=new_only)["item_id"])
     assert "POST" not in set(model.similar_items("P1", k=6)["item_id"])
     assert "POST" not in set(model.for_session(["P1"], k=6)["item_id"]) | set(model.popular(k=6)["item_id"])
+
+
+def test_ease_learns_on_a_capped_item_set_the_most_bought_items() -> None:
+    """EASE inverts a dense items x items matrix: past the cap it keeps the most-bought items."""
+    from patron.training.recs.baselines import ease_columns
+    from patron.training.recs.history import History
+
+    # item "I<k>" has k buyers (k = 1..6)
+    rows = [(c, f"{k}-{c}", f"I{k}", START + pd.Timedelta(days=c)) for k in range(1, 7) for c in range(k)]
+    h = History.from_lines(make_lines(rows), AS_OF)
+    assert h.items[ease_columns(h, min_buyers=1, max_items=100)].tolist() == [f"I{k}" for k in range(1, 7)]
+    assert h.items[ease_columns(h, min_buyers=3, max_items=100)].tolist() == ["I3", "I4", "I5", "I6"]
+    assert h.items[ease_columns(h, min_buyers=1, max_items=2)].tolist() == ["I5", "I6"]  # in item order
+
+
+def test_the_rankers_train_on_a_bounded_sample_of_customers(cluster) -> None:
+    lines, _, _ = cluster
+    capped = Recommender(**{**FAST, "rk_max_customers": 5}).fit(lines, AS_OF)
+    full = Recommender(**FAST).fit(lines, AS_OF)
+    assert capped.fit_info["train_customers"] <= 5 < full.fit_info["train_customers"]
+    assert capped.fit_info["train_rows"] < full.fit_info["train_rows"]
+    again = Recommender(**{**FAST, "rk_max_customers": 5}).fit(lines, AS_OF)
+    assert again.fit_info == {**capped.fit_info, **{k: again.fit_info[k] for k in again.fit_info if k.startswith("seconds")}}

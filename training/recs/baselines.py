@@ -4,6 +4,7 @@ with theirs on the same window."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from typing import Self
 
@@ -13,6 +14,8 @@ import scipy.sparse as sp
 
 from patron.training.recs.base import RecommenderBase
 from patron.training.recs.history import History
+
+log = logging.getLogger(__name__)
 
 
 class PopularityRecommender(RecommenderBase):
@@ -94,6 +97,22 @@ class BuyAgainRecommender(RecommenderBase):
         pass
 
 
+# EASE inverts a dense items x items matrix: 4,000 items are 128 MB per float64 copy and about 20 s
+# of one core; quadratic memory and cubic time beyond. Past the cap, the most-bought items keep it.
+EASE_MAX_ITEMS = 4_000
+
+
+def ease_columns(h: History, min_buyers: int, max_items: int = EASE_MAX_ITEMS) -> np.ndarray:
+    """The items EASE learns on: those with at least ``min_buyers`` buyers, at most ``max_items``
+    of them (the most bought; ties by item order), in item order."""
+    buyers = h.item_buyers(None)
+    cols = np.flatnonzero(buyers >= min_buyers)
+    if len(cols) > max_items:
+        log.info("EASE on the %d most-bought of %d items (cap %d)", max_items, len(cols), max_items)
+        cols = np.sort(cols[np.lexsort((cols, -buyers[cols]))[:max_items]])
+    return cols
+
+
 def ease_weights(X: sp.csr_matrix, lam: float) -> np.ndarray:
     """EASE (Steck 2019): B = I - P diagMat(1 / diag(P)), P = (X^T X + lambda I)^-1, diag(B) = 0."""
     if X.shape[1] == 0:
@@ -128,7 +147,7 @@ class EASERecommender(RecommenderBase):
         h = History.from_lines(lines, as_of)
         self.history = h
         X = h.matrix()
-        self.cols = np.flatnonzero(h.item_buyers(None) >= self.min_buyers)
+        self.cols = ease_columns(h, self.min_buyers)
         self.B = ease_weights(X[:, self.cols].tocsr(), self.lam)
         return self
 

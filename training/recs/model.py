@@ -119,6 +119,9 @@ class Recommender(RecommenderBase):
         src = Sources.build(lines, t_train, self.params)
         y_all = _labels(lines, t_train, t_end, src.h)
         active = np.flatnonzero(np.diff(y_all.indptr) > 0)
+        if len(active) > self.params.rk_max_customers:  # whole customers, the same ones on every run
+            rng = np.random.default_rng([self.params.seed, int(t_train.timestamp())])
+            active = np.sort(rng.choice(active, self.params.rk_max_customers, replace=False))
         Xs, ys, groups = [np.zeros((0, len(FEATURES)))], [np.zeros(0)], [np.zeros(0, np.int64)]
         for start in range(0, len(active), 256):
             rows = active[start:start + 256]

@@ -39,4 +39,8 @@ class RecParams:
     rk_max_leaf_nodes: int = 15
     rk_min_samples_leaf: int = 200
     rk_l2: float = 1.0
+    # customers whose candidates train the rankers, per training window (sampled above it): each
+    # brings a few hundred candidate rows, so rows and fitting time stay bounded at any shop size;
+    # the shipped shop has fewer active customers per window than this
+    rk_max_customers: int = 5_000
     seed: int = 0

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from patron.training.recs.baselines import als_confidence, ease_weights, fit_als
+from patron.training.recs.baselines import als_confidence, ease_columns, ease_weights, fit_als
 from patron.training.recs.history import DAY, History, product_lines
 from patron.training.recs.params import RecParams
 
@@ -116,7 +116,7 @@ class Sources:
         s.U, s.V = fit_als(als_confidence(h, p.als_alpha), p.als_factors, p.als_regularization,
                            p.als_iterations, p.seed)
         X = h.matrix()
-        s.ease_cols = np.flatnonzero(h.item_buyers(None) >= p.ease_min_buyers)
+        s.ease_cols = ease_columns(h, p.ease_min_buyers)
         s.B = ease_weights(X[:, s.ease_cols].tocsr(), p.ease_lam)
         # trending: distinct buyers in the last trend_days vs. the 2 * trend_days before
         age = ((t0 - lines["invoice_ts"]).to_numpy() / DAY)
