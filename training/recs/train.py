@@ -25,7 +25,7 @@ from patron.errors import PatronError
 from patron.training import plots, registry
 from patron.training.data import known_customers, load_lines
 from patron.training.recs.baselines import BASELINES
-from patron.training.recs.eval import evaluate, evaluate_model, ground_truth, population, seen_items
+from patron.training.recs.eval import evaluate, evaluate_model, ground_truth, population
 from patron.training.recs.model import Recommender
 from patron.training.spec import TrainResult, TrainSpec, model_card
 
@@ -153,34 +153,50 @@ REC_SCHEMA = pa.schema(
 )
 
 
-def _write(df: pd.DataFrame, path: Path) -> int:
-    tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(pa.Table.from_pandas(df[REC_SCHEMA.names], schema=REC_SCHEMA, preserve_index=False), tmp)
-    os.replace(tmp, path)
-    return len(df)
+EXPORT_BLOCK = 20_000  # customers ranked and written at a time: memory stays flat whatever the shop's size
 
 
-def export_recommendations(spec: TrainSpec, out_dir: Path) -> RecExport:
+def export_recommendations(spec: TrainSpec, out_dir: Path, progress=None) -> RecExport:
+    """Both lists of every customer the exports name, ranked and written block by block
+    (``progress(done, total)`` after each block); customers without a usable history get the
+    popular items."""
     registry.configure(spec.mlruns, spec.mlflow_uri)
-    lines = load_lines(spec.data_dir, end=spec.as_of)
-    # everyone the exports name; customers without a usable history get the popular items
-    customers = np.union1d(population(lines, spec.as_of), known_customers(spec.data_dir, spec.as_of))
+    customers = known_customers(spec.data_dir, spec.as_of)
     with tempfile.TemporaryDirectory() as tmp:
         version, d = registry.load_champion_dir("recs", Path(tmp) / "recs")
         model = Recommender.load(d)
+    h = model.history
+    bought = h.matrix()
     files = {}
     for name, new_only in (("recommendations.parquet", False), ("discovery.parquet", True)):
-        recs = model.recommend(customers, k=K, new_only=new_only)
-        if new_only:
-            # The contract: discovery never lists an item the customer bought before as_of.
-            seen = seen_items(lines, spec.as_of)
-            bad = [(c, i) for c, i in zip(recs["customer_id"], recs["item_id"]) if i in seen.get(int(c), ())]
-            if bad:
-                raise AssertionError(f"discovery list contains {len(bad)} already-bought items, e.g. {bad[:3]}")
-        recs["as_of"] = spec.as_of.date().isoformat()
-        recs["model_version"] = f"recommender/{version}"
-        files[name] = _write(recs, out_dir / name)
+        path = out_dir / name
+        tmp = path.with_name(f".{name}.tmp")
+        rows = 0
+        with pq.ParquetWriter(tmp, REC_SCHEMA) as writer:
+            for start in range(0, len(customers), EXPORT_BLOCK):
+                block = customers[start:start + EXPORT_BLOCK]
+                recs = model.recommend(block, k=K, new_only=new_only)
+                if new_only:
+                    _check_discovery(recs, h, bought)
+                recs["as_of"] = spec.as_of.date().isoformat()
+                recs["model_version"] = f"recommender/{version}"
+                writer.write_table(pa.Table.from_pandas(recs[REC_SCHEMA.names], schema=REC_SCHEMA, preserve_index=False))
+                rows += len(recs)
+                if progress is not None:
+                    progress(min(start + EXPORT_BLOCK, len(customers)), len(customers))
+        os.replace(tmp, path)  # readers see the old file or the new one, never half of one
+        files[name] = rows
     return RecExport(files, {"recs": version})
+
+
+def _check_discovery(recs: pd.DataFrame, h, bought) -> None:
+    """The contract: discovery never lists an item the customer bought before as_of."""
+    rows = h.customer_index(recs["customer_id"].to_numpy())
+    items = h.item_index(recs["item_id"].to_numpy())
+    known = (rows >= 0) & (items >= 0)
+    hit = np.asarray(bought[rows[known], items[known]]).ravel() > 0
+    if hit.any():
+        raise AssertionError(f"discovery list contains {int(hit.sum())} already-bought items")
 
 
 @dataclass
