@@ -345,7 +345,7 @@ def build_features(
     *,
     every_days: int = 7,
     snapshots: Sequence[dt.datetime] | None = None,
-    memory_limit: str | None = "3GB",
+    memory_limit: str | None = None,
 ) -> FeatureBuild:
     """Compute both feature tables for every snapshot up to ``as_of`` and replace them atomically."""
     as_of_ts = to_utc(as_of)
@@ -354,6 +354,7 @@ def build_features(
         raise NoDataError(f"no order lines under {data_dir}: run `patron ingest --source ...` first")
     out_dir.mkdir(parents=True, exist_ok=True)
     # Past the limit DuckDB spills joins and aggregations to disk instead of growing.
+    memory_limit = memory_limit or duck.memory_limit()
     con = duck.connect(memory_limit=memory_limit, temp_dir=out_dir / ".duckdb_tmp")
     con.execute(f"CREATE OR REPLACE VIEW lines AS SELECT * FROM {lines}")
     first, last = con.execute(
@@ -371,7 +372,8 @@ def build_features(
     for name, sql in ((CUSTOMER_FEATURES_FILE, CUSTOMER_SQL), (PRODUCT_FEATURES_FILE, PRODUCT_SQL)):
         dest = out_dir / name
         tmp = out_dir / f".{name}.tmp"
-        con.execute(f"COPY ({sql}) TO {duck.quote(tmp)} (FORMAT parquet, COMPRESSION zstd)", params)
+        with duck.within_memory(f"the {name} table ({len(grid)} snapshots)", memory_limit):
+            con.execute(f"COPY ({sql}) TO {duck.quote(tmp)} (FORMAT parquet, COMPRESSION zstd)", params)
         os.replace(tmp, dest)  # readers see the old table or the new one, never half of one
         counts[name] = con.execute(f"SELECT count(*) FROM {duck.scan([dest])}").fetchone()[0]
         log.info("wrote %s rows to %s", counts[name], dest)

@@ -73,7 +73,7 @@ def open_store(
 _ENGINE: list = []
 
 
-def _offline_engine(memory_limit: str = "4GB") -> None:
+def _offline_engine() -> None:
     """Feast's DuckDB offline store runs on ibis' default DuckDB connection: give it a memory limit
     (past it, joins spill to disk instead of growing), UTC, and release it before the interpreter
     exits (DuckDB's bindings otherwise report the connection's objects as leaked)."""
@@ -85,8 +85,10 @@ def _offline_engine(memory_limit: str = "4GB") -> None:
 
     import ibis
 
+    from patron import duck
+
     spill = tempfile.mkdtemp(prefix="patron-offline-")
-    con = ibis.duckdb.connect(memory_limit=memory_limit, temp_directory=spill)
+    con = ibis.duckdb.connect(memory_limit=duck.memory_limit(), temp_directory=spill)
     con.raw_sql("SET TimeZone = 'UTC'")
     ibis.set_backend(con)
     _ENGINE.append(con)
@@ -158,5 +160,8 @@ def online_customer_features(store: FeatureStore, customer_ids: list[int], servi
 
 def historical_features(store: FeatureStore, entity_df: pd.DataFrame, service: str) -> pd.DataFrame:
     """Point-in-time join: each entity row gets the latest snapshot at or before its timestamp."""
+    from patron import duck
+
     fs = store.get_feature_service(service)
-    return store.get_historical_features(entity_df=entity_df, features=fs).to_df()
+    with duck.within_memory(f"Feast's point-in-time join of {len(entity_df):,} rows", duck.memory_limit()):
+        return store.get_historical_features(entity_df=entity_df, features=fs).to_df()

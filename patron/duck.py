@@ -7,10 +7,39 @@ in it cannot break or change the SQL).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import os
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import duckdb
+
+from patron.errors import PatronError
+
+
+class OutOfMemory(PatronError):
+    """A query needed more memory than DuckDB may use, even spilling to disk."""
+
+
+def memory_limit() -> str:
+    """The memory a batch query may use (``PATRON_DUCKDB_MEMORY_LIMIT``)."""
+    from patron.settings import PatronSettings
+
+    return PatronSettings().duckdb_memory_limit
+
+
+@contextlib.contextmanager
+def within_memory(what: str, limit: str) -> Iterator[None]:
+    """Turn DuckDB's out-of-memory error into one that says what met the limit and what would help."""
+    try:
+        yield
+    except duckdb.OutOfMemoryException as exc:
+        free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2**30
+        raise OutOfMemory(
+            f"{what} needed more than the {limit} of memory DuckDB may use, even spilling to disk: raise "
+            f"PATRON_DUCKDB_MEMORY_LIMIT (this machine has {free:.1f} GiB free now), or free disk space for "
+            f"the spill files ({exc.__class__.__name__})"
+        ) from exc
 
 
 def quote(text: str | Path) -> str:

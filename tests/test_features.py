@@ -152,3 +152,12 @@ def test_the_btyd_summary_counts_purchase_days_as_the_literature_does(tmp_path: 
         index=pd.Index([1, 2, 4], name="customer_id"),
     )
     pd.testing.assert_frame_equal(got.sort_index(), expected, check_dtype=False)
+
+
+def test_a_build_that_cannot_fit_says_so_with_the_setting_that_helps(tmp_path: Path, home: Path) -> None:
+    from patron.duck import OutOfMemory
+
+    ingest(orders(tmp_path), home / "data")
+    with pytest.raises(OutOfMemory, match=r"needed more than the 256KB .* raise PATRON_DUCKDB_MEMORY_LIMIT"):
+        build_features(home / "data", home / "fs" / "data", dt.date(2011, 1, 15), snapshots=[T], memory_limit="256KB")
+    assert not (home / "fs" / "data" / "customer_features.parquet").exists()  # nothing half-written

@@ -157,7 +157,7 @@ def windows(
     end: dt.datetime | None = None,
     max_rows: int | None = None,
     seed: int = 0,
-    memory_limit: str | None = "3GB",
+    memory_limit: str | None = None,
 ) -> Windows:
     """Population, past spend and labels of every snapshot, computed by DuckDB in one pass over the
     orders (out of core past ``memory_limit``). Lines at or after ``end`` are not read.
@@ -172,8 +172,10 @@ def windows(
         raise ValueError(f"horizon must be at least 1 day, got {horizon_days}")
     snaps = sorted(to_utc(t) for t in snapshots)
     end = to_utc(end) if end is not None else snaps[-1] + dt.timedelta(days=horizon_days)
+    memory_limit = memory_limit or duck.memory_limit()
     with tempfile.TemporaryDirectory(prefix="patron-frames-") as tmp, \
-            duck.connect(memory_limit=memory_limit, temp_dir=Path(tmp)) as con:
+            duck.connect(memory_limit=memory_limit, temp_dir=Path(tmp)) as con, \
+            duck.within_memory(f"the labels of {len(snaps)} snapshots", memory_limit):
         _lines_view(con, lines)
         params = {"end": end, "snapshots": snaps, "horizon": int(horizon_days)}
         total = con.execute(
