@@ -40,6 +40,46 @@ class ModelRefused(Exception):
 # ------------------------------------------------------------------------------------- models
 
 
+class IdIndex:
+    """Customer id -> row, as two sorted arrays (16 bytes a customer, where a dict takes ~100)."""
+
+    def __init__(self, ids: np.ndarray):
+        ids = np.asarray(ids, np.int64)
+        self._order = np.argsort(ids, kind="stable")
+        self._sorted = ids[self._order]
+
+    def get(self, customer_id: int, default: int = -1) -> int:
+        pos = int(np.searchsorted(self._sorted, customer_id))
+        if pos < len(self._sorted) and self._sorted[pos] == customer_id:
+            return int(self._order[pos])
+        return default
+
+    def __len__(self) -> int:
+        return len(self._sorted)
+
+
+class RecentOrders:
+    """The last few orders of every customer in flat arrays: (invoice, day, lines, amount) tuples on
+    request, without a Python object per order held in every worker."""
+
+    def __init__(self, customers: np.ndarray, invoices: np.ndarray, days: np.ndarray, lines: np.ndarray, amounts: np.ndarray):
+        ids = np.asarray(customers, np.int64)  # sorted by customer, then most recent first
+        self._ids = np.unique(ids)
+        self._starts = np.searchsorted(ids, self._ids)
+        self._ends = np.searchsorted(ids, self._ids, side="right")
+        self._invoices, self._days, self._lines, self._amounts = invoices, days, lines, amounts
+
+    def get(self, customer_id: int, default=()) -> list[tuple[str, str, int, float]]:
+        pos = int(np.searchsorted(self._ids, customer_id))
+        if pos >= len(self._ids) or self._ids[pos] != customer_id:
+            return list(default)
+        lo, hi = self._starts[pos], self._ends[pos]
+        return [(str(self._invoices[k]), str(self._days[k]), int(self._lines[k]), float(self._amounts[k])) for k in range(lo, hi)]
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+
 ALL_KINDS = ("churn", "ltv", "recs")
 
 
@@ -52,7 +92,7 @@ class Champions:
     recs: Recommender | None
     versions: dict[str, str]
     descriptions: dict[str, str]
-    recent_orders: dict[int, list[tuple[str, str, int, float]]]
+    recent_orders: RecentOrders | dict
     loaded_at: float = field(default_factory=time.time)
 
     @property
@@ -67,7 +107,7 @@ class Champions:
         if self.recs is None:
             return
         h = self.recs.sources.h
-        self.row_of = {int(c): i for i, c in enumerate(h.customers)}  # customer id -> history row
+        self.row_of = IdIndex(h.customers)  # customer id -> history row
         self.item_ids = [str(i) for i in h.items]
         self.item_row = {i: j for j, i in enumerate(self.item_ids)}
         self.data_end = utc_timestamp(h.as_of).timestamp()  # epoch s of the model's data end
@@ -92,7 +132,7 @@ def _product_descriptions(store, items: np.ndarray) -> dict[str, str]:
     return out
 
 
-def _recent_orders(data_dir: Path, per_customer: int = 5) -> dict[int, list[tuple[str, str, int, float]]]:
+def _recent_orders(data_dir: Path, per_customer: int = 5) -> RecentOrders | dict:
     """The last few orders of every customer, for the CRM's profile view (one query at load)."""
     lines = OrderStore(data_dir).scan()
     if lines is None:
@@ -104,14 +144,15 @@ def _recent_orders(data_dir: Path, per_customer: int = 5) -> dict[int, list[tupl
             WHERE {VALID_PURCHASE_SQL}
             GROUP BY customer_id, invoice_no
         )
-        SELECT customer_id, invoice_no, strftime(ts, '%Y-%m-%d'), lines, amount FROM (
+        SELECT customer_id::BIGINT AS c, invoice_no::VARCHAR AS inv, strftime(ts, '%Y-%m-%d') AS day, lines::BIGINT AS n,
+               round(amount, 2)::DOUBLE AS amount FROM (
             SELECT *, row_number() OVER (PARTITION BY customer_id ORDER BY ts DESC, invoice_no DESC) AS k FROM o
         ) WHERE k <= {int(per_customer)} ORDER BY customer_id, k"""
-    out: dict[int, list[tuple[str, str, int, float]]] = {}
     with duck.connect() as con:
-        for c, inv, day, n, amount in con.execute(sql).fetchall():
-            out.setdefault(int(c), []).append((str(inv), str(day), int(n), round(float(amount), 2)))
-    return out
+        d = con.execute(sql).fetchnumpy()
+    # fixed-width strings: one array each, no Python object per order
+    return RecentOrders(np.asarray(d["c"], np.int64), np.asarray(d["inv"]).astype(str), np.asarray(d["day"]).astype(str),
+                        np.asarray(d["n"], np.int64), np.asarray(d["amount"], np.float64))
 
 
 def champion_versions(settings: PatronSettings, kinds: tuple[str, ...] = ALL_KINDS) -> dict[str, str | None]:
