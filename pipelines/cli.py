@@ -334,8 +334,11 @@ def export(
 
     settings, log, term = _begin(ctx, "export", home)
     spec = spec_for(settings, as_of, horizon_days)
-    with log.quiet(), term.err.status("scoring customers"):
-        result = export_all(spec, out)
+    with log.quiet(), term.err.status("scoring customers") as status:
+        def progress(done: int, total: int) -> None:
+            status.update(f"recommendations: {done:,} of {total:,} customers")
+
+        result = export_all(spec, out, progress)
     for name, rows in result.files.items():
         term.out.print(f"{out / name}: {rows:,} rows")
     term.out.print("models: " + ", ".join(f"{k} v{v}" for k, v in result.versions.items()))

@@ -83,10 +83,11 @@ def export_customer_scores(spec: TrainSpec, out_dir: Path) -> ExportResult:
     return ExportResult(files, versions)
 
 
-def export_all(spec: TrainSpec, out_dir: Path) -> ExportResult:
-    """All four files of the export contract; recommendation files come from the recommender."""
+def export_all(spec: TrainSpec, out_dir: Path, progress=None) -> ExportResult:
+    """All four files of the export contract; recommendation files come from the recommender
+    (``progress(done, total)`` after each block of customers)."""
     result = export_customer_scores(spec, out_dir)
     from patron.training.recs.train import export_recommendations
 
-    rec = export_recommendations(spec, out_dir)
+    rec = export_recommendations(spec, out_dir, progress)
     return ExportResult({**result.files, **rec.files}, {**result.versions, **rec.versions})
