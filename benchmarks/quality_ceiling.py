@@ -28,8 +28,7 @@ from patron.training.customer.churn import ChurnModel
 from patron.training.customer.ltv import LTVModel
 from patron.training.customer.metrics import classification_metrics, value_metrics
 from patron.training.customer.train import customer_frames
-from patron.training.data import load_lines
-from patron.training.frames import labels
+from patron.training.frames import windows
 from patron.training.spec import spec_for
 
 
@@ -41,8 +40,8 @@ def main() -> None:
     args = ap.parse_args()
     spec = spec_for(PatronSettings(), args.as_of, args.horizon_days)
     _, _, frame, _ = customer_frames(spec, labelled_frames=False)
-    truth = labels(load_lines(spec.data_dir), frame["customer_id"].to_numpy(), spec.as_of, spec.horizon_days)
-    frame = frame.join(truth, on="customer_id")
+    truth = windows(spec.data_dir, [spec.as_of], spec.horizon_days).frame.set_index("customer_id")
+    frame = frame.join(truth[["spend", "orders", "churned"]], on="customer_id")
     y = frame["churned"].to_numpy()
     p_model, p_rfm, v_model = np.zeros(len(frame)), np.zeros(len(frame)), np.zeros(len(frame))
     for train, test in StratifiedKFold(args.folds, shuffle=True, random_state=0).split(frame, y):

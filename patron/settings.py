@@ -44,7 +44,7 @@ class PatronSettings(BaseSettings):
     snapshot_every_days: int = 7
     # Labelled (customer, snapshot) rows the customer models train on: above it, whole customers
     # are sampled (docs/scaling.md). The shipped shop has at most 70,150 (as of 2011-12-01): all kept.
-    train_max_rows: int = Field(default=500_000, ge=1_000)
+    train_max_rows: int = Field(default=250_000, ge=1_000)
     # What each DuckDB query of the batch path (feature snapshots, labels, Feast's offline joins)
     # may hold in memory; past it, DuckDB spills to disk under the state directory.
     duckdb_memory_limit: str = Field(default="3GB", pattern=r"^\d+(\.\d+)?\s*[KMGT]i?B$")

@@ -23,7 +23,7 @@ class TrainSpec:
     redis_url: str = "redis://127.0.0.1:6379/0"
     mlflow_uri: str | None = None
     seed: int = 0
-    max_train_rows: int | None = 500_000  # labelled rows above which customers are sampled
+    max_train_rows: int | None = 250_000  # labelled rows above which customers are sampled
 
 
 @dataclass
