@@ -6,6 +6,10 @@ time t, the latest row with T <= t, so no order at or after t can leak into a tr
 
 The SQL reads the committed Parquet parts directly, so DuckDB streams them and can spill to disk:
 the data never has to fit in Python's memory.
+
+The SQL is written once, in DuckDB's dialect, and kept to constructs that transpile to Spark SQL
+(``features/spark_engine.py``): interval joins instead of ASOF joins, ``date_diff`` in microseconds
+instead of ``epoch`` of an interval, a window instead of ``arg_max`` over a computed key.
 """
 
 from __future__ import annotations
@@ -86,7 +90,7 @@ first_days AS (
     FROM days GROUP BY customer_id
 ),
 orders_gap AS (
-    SELECT *, epoch(ts - lag(ts) OVER (PARTITION BY customer_id ORDER BY ts)) / 86400.0 AS gap_days
+    SELECT *, date_diff('microsecond', lag(ts) OVER (PARTITION BY customer_id ORDER BY ts), ts) / 86400e6 AS gap_days
     FROM orders
 ),
 returns AS (
@@ -113,10 +117,10 @@ agg AS (
            count(DISTINCT date_trunc('day', o.ts)) AS purchase_days,
            max(date_trunc('day', o.ts)) AS last_day,
            count(DISTINCT date_trunc('month', o.ts)) AS months_active,
-           count(DISTINCT floor(epoch(s.t - o.ts) / 604800)) FILTER (WHERE o.ts >= s.t - INTERVAL 91 DAY) AS active_weeks_13,
-           count(DISTINCT floor(epoch(s.t - o.ts) / 604800)) FILTER (WHERE o.ts >= s.t - INTERVAL 182 DAY) AS active_weeks_26,
-           sum(exp(-epoch(s.t - o.ts) / 86400.0 / 30)) AS decayed_orders_30,
-           sum(exp(-epoch(s.t - o.ts) / 86400.0 / 90)) AS decayed_orders_90
+           count(DISTINCT floor(date_diff('microsecond', o.ts, s.t) / 604800e6)) FILTER (WHERE o.ts >= s.t - INTERVAL 91 DAY) AS active_weeks_13,
+           count(DISTINCT floor(date_diff('microsecond', o.ts, s.t) / 604800e6)) FILTER (WHERE o.ts >= s.t - INTERVAL 182 DAY) AS active_weeks_26,
+           sum(exp(-(date_diff('microsecond', o.ts, s.t) / 86400e6) / 30)) AS decayed_orders_30,
+           sum(exp(-(date_diff('microsecond', o.ts, s.t) / 86400e6) / 90)) AS decayed_orders_90
     FROM orders_gap o JOIN snap s ON o.ts < s.t
     GROUP BY o.customer_id, s.t
 ),
@@ -134,24 +138,33 @@ first_buys AS (
     WHERE line_class = 'sale' AND item_id IS NOT NULL AND invoice_ts < $as_of
     GROUP BY customer_id, item_id
 ),
+-- each snapshot with the one before it: a pair first bought in [t_from, t) first counts at t (the
+-- first snapshot's interval starts at the earliest first purchase)
+snap_from AS (
+    SELECT s.t, coalesce(max(p.t), (SELECT min(first_ts) FROM first_buys)) AS t_from
+    FROM snap s LEFT JOIN snap p ON p.t < s.t
+    GROUP BY s.t
+),
 new_pairs AS (
     SELECT f.customer_id, s.t, count(*) AS n
-    FROM first_buys f ASOF JOIN snap s ON f.first_ts < s.t
+    FROM first_buys f JOIN snap_from s ON f.first_ts >= s.t_from AND f.first_ts < s.t
     GROUP BY f.customer_id, s.t
 ),
+-- the running count at every snapshot of the customer: new pairs up to t, on agg's grid
 distinct_products AS (
-    SELECT customer_id, t, sum(n) OVER (PARTITION BY customer_id ORDER BY t) AS distinct_products
-    FROM new_pairs
+    SELECT customer_id, t, sum(sum(n)) OVER (PARTITION BY customer_id ORDER BY t) AS distinct_products
+    FROM (SELECT customer_id, t, n FROM new_pairs UNION ALL SELECT customer_id, t, 0 AS n FROM agg) AS g
+    GROUP BY customer_id, t
 )
 SELECT
     a.customer_id::BIGINT AS customer_id,
     a.t AS event_timestamp,
-    epoch(a.t - a.last_ts) / 86400.0 AS recency_days,
+    date_diff('microsecond', a.last_ts, a.t) / 86400e6 AS recency_days,
     a.frequency::BIGINT AS frequency,
     a.monetary_total::DOUBLE AS monetary_total,
     (a.monetary_total / a.frequency)::DOUBLE AS avg_order_value,
-    epoch(a.t - a.first_ts) / 86400.0 AS tenure_days,
-    CASE WHEN a.frequency > 1 THEN epoch(a.last_ts - a.first_ts) / 86400.0 / (a.frequency - 1) END AS mean_interorder_days,
+    date_diff('microsecond', a.first_ts, a.t) / 86400e6 AS tenure_days,
+    CASE WHEN a.frequency > 1 THEN date_diff('microsecond', a.first_ts, a.last_ts) / 86400e6 / (a.frequency - 1) END AS mean_interorder_days,
     a.std_interorder_days::DOUBLE AS std_interorder_days,
     a.orders_30d::BIGINT AS orders_30d,
     a.orders_90d::BIGINT AS orders_90d,
@@ -175,15 +188,15 @@ SELECT
     (a.first_ts < (SELECT t0 FROM data_start) + INTERVAL 28 DAY)::BIGINT AS tenure_censored,
     -- the BG/NBD summary (frequency = repeat purchase days; recency and age from the first day)
     (a.purchase_days - 1)::BIGINT AS btyd_frequency,
-    epoch(a.last_day - fd.first_day) / 86400.0 AS btyd_recency_days,
-    epoch(a.t - fd.first_day) / 86400.0 AS btyd_age_days,
+    date_diff('microsecond', fd.first_day, a.last_day) / 86400e6 AS btyd_recency_days,
+    date_diff('microsecond', fd.first_day, a.t) / 86400e6 AS btyd_age_days,
     CASE WHEN a.purchase_days > 1 THEN (a.monetary_total - fd.first_day_spend) / (a.purchase_days - 1) ELSE 0 END::DOUBLE
         AS btyd_monetary,
     now() AS created_at
 FROM agg a
 JOIN first_days fd ON a.customer_id = fd.customer_id
 LEFT JOIN ret r ON a.customer_id = r.customer_id AND a.t = r.t
-ASOF LEFT JOIN distinct_products d ON a.customer_id = d.customer_id AND a.t >= d.t
+LEFT JOIN distinct_products d ON a.customer_id = d.customer_id AND a.t = d.t
 ORDER BY customer_id, event_timestamp
 """.replace("{valid_purchase}", VALID_PURCHASE_SQL)
 
@@ -235,11 +248,14 @@ buyers AS (
     GROUP BY item_id, t
 ),
 names AS (
-    -- descriptions vary for one code: keep the most frequent, ties broken by the latest use
-    SELECT item_id, arg_max(description, n * 1e12 + epoch(last_ts)) AS description
-    FROM (SELECT item_id, description, count(*) AS n, max(ts) AS last_ts FROM sold
-          WHERE description IS NOT NULL AND description <> '' GROUP BY item_id, description)
-    GROUP BY item_id
+    -- descriptions vary for one code: keep the most frequent, ties broken by the latest use, then by name
+    SELECT item_id, description
+    FROM (SELECT item_id, description,
+                 row_number() OVER (PARTITION BY item_id ORDER BY count(*) DESC, max(ts) DESC, description) AS rank
+          FROM sold
+          WHERE description IS NOT NULL AND description <> ''
+          GROUP BY item_id, description) AS d
+    WHERE rank = 1
 )
 SELECT
     a.item_id AS item_id,
@@ -260,7 +276,7 @@ SELECT
               / (coalesce(a.lines_30d, 0) + coalesce(a.lines_prev_30d, 0)) END::DOUBLE AS trend_30d,
     -- quantity-weighted price; over all history when the product did not sell in 90 days
     coalesce(a.revenue_90d / nullif(a.units_90d, 0), a.revenue_total / nullif(a.units_total, 0))::DOUBLE AS avg_price,
-    epoch(a.t - a.last_ts) / 86400.0 AS days_since_last_sale,
+    date_diff('microsecond', a.last_ts, a.t) / 86400e6 AS days_since_last_sale,
     coalesce(n.description, '') AS description,
     now() AS created_at
 FROM agg a
