@@ -17,9 +17,12 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Literal
+
+import pyarrow.parquet as pq
 
 from patron import duck
 from patron.errors import PatronError
@@ -29,7 +32,6 @@ from patron.rules import PRODUCT_SALE_SQL, VALID_PURCHASE_SQL
 from patron.times import to_utc
 
 log = logging.getLogger(__name__)
-
 
 
 class NoDataError(PatronError):
@@ -286,6 +288,26 @@ ORDER BY item_id, event_timestamp
 """.replace("{product_sale}", PRODUCT_SALE_SQL)
 
 
+BOUNDS_SQL = "SELECT min(invoice_ts), max(invoice_ts) FROM lines WHERE line_class = 'sale' AND invoice_ts < $as_of"
+
+Engine = Literal["duckdb", "spark"]
+
+
+class DuckTables:
+    """The feature build's queries in an embedded DuckDB session, over a view ``lines`` of the parts."""
+
+    def __init__(self, parts: Sequence[Path], *, memory_limit: str | None, temp_dir: Path) -> None:
+        # Past the limit DuckDB spills joins and aggregations to disk instead of growing.
+        self.con = duck.connect(memory_limit=memory_limit, temp_dir=temp_dir)
+        self.con.execute(f"CREATE OR REPLACE VIEW lines AS SELECT * FROM {duck.scan(parts)}")
+
+    def one(self, sql: str, params: Mapping[str, Any]) -> tuple:
+        return self.con.execute(sql, dict(params)).fetchone()
+
+    def write(self, sql: str, params: Mapping[str, Any], dest: Path, label: str) -> None:
+        self.con.execute(f"COPY ({sql}) TO {duck.quote(dest)} (FORMAT parquet, COMPRESSION zstd)", dict(params))
+
+
 def build_features(
     data_dir: Path,
     out_dir: Path,
@@ -294,34 +316,42 @@ def build_features(
     every_days: int = 7,
     snapshots: Sequence[dt.datetime] | None = None,
     memory_limit: str | None = "3GB",
+    engine: Engine = "duckdb",
+    spark_conf: Mapping[str, str] | None = None,
 ) -> FeatureBuild:
-    """Compute both feature tables for every snapshot up to ``as_of`` and replace them atomically."""
+    """Compute both feature tables for every snapshot up to ``as_of`` and replace them atomically.
+
+    ``engine`` runs the same SQL in embedded DuckDB (``memory_limit`` applies) or in a Spark
+    session (``spark_conf`` applies; see ``features/spark_engine.py``).
+    """
     as_of_ts = to_utc(as_of)
-    lines = OrderStore(data_dir).scan()
-    if lines is None:
+    parts = OrderStore(data_dir).committed_parts()
+    if not parts:
         raise NoDataError(f"no order lines under {data_dir}: run `patron ingest --source ...` first")
     out_dir.mkdir(parents=True, exist_ok=True)
-    # Past the limit DuckDB spills joins and aggregations to disk instead of growing.
-    con = duck.connect(memory_limit=memory_limit, temp_dir=out_dir / ".duckdb_tmp")
-    con.execute(f"CREATE OR REPLACE VIEW lines AS SELECT * FROM {lines}")
-    first, last = con.execute(
-        "SELECT min(invoice_ts), max(invoice_ts) FROM lines WHERE line_class = 'sale' AND invoice_ts < $as_of",
-        {"as_of": as_of_ts},
-    ).fetchone()
+    if engine == "spark":
+        from patron.features.spark_engine import SparkTables
+
+        tables: DuckTables | SparkTables = SparkTables(parts, spark_conf)
+    elif engine == "duckdb":
+        tables = DuckTables(parts, memory_limit=memory_limit, temp_dir=out_dir / ".duckdb_tmp")
+    else:
+        raise ValueError(f"offline engine must be 'duckdb' or 'spark', got {engine!r}")
+    first, last = tables.one(BOUNDS_SQL, {"as_of": as_of_ts})
     if first is None:
         raise NoDataError(f"no sales before {as_of_ts.date()} in the ingested order lines")
     grid = sorted(to_utc(s) for s in snapshots) if snapshots else snapshot_grid(first, as_of_ts, every_days)
     if any(s > as_of_ts for s in grid):
         raise ValueError(f"snapshots must not be after as-of {as_of_ts.isoformat()}")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    log.info("%s computes features for %d snapshots up to %s", engine, len(grid), as_of_ts.date())
     params = {"as_of": as_of_ts, "snapshots": grid}
     counts = {}
     for name, sql in ((CUSTOMER_FEATURES_FILE, CUSTOMER_SQL), (PRODUCT_FEATURES_FILE, PRODUCT_SQL)):
         dest = out_dir / name
         tmp = out_dir / f".{name}.tmp"
-        con.execute(f"COPY ({sql}) TO {duck.quote(tmp)} (FORMAT parquet, COMPRESSION zstd)", params)
+        tables.write(sql, params, tmp, name)
         os.replace(tmp, dest)  # readers see the old table or the new one, never half of one
-        counts[name] = con.execute(f"SELECT count(*) FROM {duck.scan([dest])}").fetchone()[0]
+        counts[name] = pq.ParquetFile(dest).metadata.num_rows
         log.info("wrote %s rows to %s", counts[name], dest)
     return FeatureBuild(
         as_of=as_of_ts,
