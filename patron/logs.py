@@ -50,6 +50,10 @@ UNDERSTOOD: tuple[Understood, ...] = (
                "the models' signatures declare customer ids as integers on purpose: an id is never missing"),
     Understood(FutureWarning, r"mlflow\.", r".*",
                "MLflow announcing changes to its own defaults; the pinned version's behaviour is what is tested"),
+    Understood(RuntimeWarning, r"feast\.infra\.offline_stores\.contrib\.spark_offline_store\.",
+               r"The spark (data source API|offline store) is an experimental feature",
+               "Feast calls its Spark source and offline store experimental on every use; tests/test_spark.py holds the "
+               "pinned version to the embedded engine's results"),
 )
 
 

@@ -23,6 +23,8 @@ class TrainSpec:
     redis_url: str = "redis://127.0.0.1:6379/0"
     mlflow_uri: str | None = None
     seed: int = 0
+    offline_engine: str = "duckdb"  # where Feast builds the training frames: "duckdb" (embedded) or "spark"
+    spark_conf: dict[str, str] | None = field(default=None, repr=False)
 
 
 @dataclass
@@ -59,4 +61,6 @@ def spec_for(settings: PatronSettings, as_of: dt.date | dt.datetime, horizon_day
         online_store=settings.online_store,
         redis_url=settings.redis_url,
         mlflow_uri=settings.mlflow_uri,
+        offline_engine=settings.offline_engine,
+        spark_conf=settings.spark_options(),
     )
