@@ -160,16 +160,12 @@ def online_customer_features(store: FeatureStore, customer_ids: list[int], servi
 
 
 def historical_features(store: FeatureStore, entity_df: pd.DataFrame, service: str) -> pd.DataFrame:
-    """Point-in-time join: each entity row gets the latest snapshot at or before its timestamp.
-
-    Timestamps come back in UTC whatever the offline store: Feast's Spark store returns them
-    without a zone (in its session's zone, UTC); it also rewrites the entity frame it is given,
-    so it gets a copy.
-    """
+    """Point-in-time join: each entity row gets the latest snapshot at or before its timestamp,
+    with timestamps in UTC whichever the offline store (see ``patron.compat.feast_spark``)."""
     fs = store.get_feature_service(service)
     _check_engine(store)
-    out = store.get_historical_features(entity_df=entity_df.copy(), features=fs).to_df()
-    for col in out.columns:
-        if pd.api.types.is_datetime64_dtype(out[col]) and out[col].dt.tz is None:
-            out[col] = out[col].dt.tz_localize("UTC")
-    return out
+    if offline_engine_of(store) == "spark":
+        from patron.compat.feast_spark import historical_frame
+
+        return historical_frame(store, entity_df, fs)
+    return store.get_historical_features(entity_df=entity_df, features=fs).to_df()

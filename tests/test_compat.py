@@ -17,6 +17,7 @@ ADAPTERS = {
     "patron.compat.bentoml_timeout": "bentoml",
     "patron.compat.sklearn_trees": "scikit-learn",
     "patron.compat.feast_sqlite": "feast",
+    "patron.compat.feast_spark": "feast",
     "patron.compat.uvicorn_http": "uvicorn",
 }
 
