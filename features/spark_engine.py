@@ -46,6 +46,7 @@ DEFAULT_CONF: dict[str, str] = {
     "spark.ui.showConsoleProgress": "false",  # no progress bars over the terminal's lines
     # a few hundred daily parts are listed by the driver, not by a Spark job of their own
     "spark.sql.sources.parallelPartitionDiscovery.threshold": "1024",
+    "spark.sql.debug.maxToStringFields": "200",  # plans over the ~30 feature columns print whole, without a warning
 }
 # What the results depend on: set whatever the configuration says, also on a session that was
 # already running (these are SQL settings, changeable at run time).
