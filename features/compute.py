@@ -307,6 +307,9 @@ class DuckTables:
     def write(self, sql: str, params: Mapping[str, Any], dest: Path, label: str) -> None:
         self.con.execute(f"COPY ({sql}) TO {duck.quote(dest)} (FORMAT parquet, COMPRESSION zstd)", dict(params))
 
+    def close(self) -> None:
+        self.con.close()
+
 
 def build_features(
     data_dir: Path,
@@ -337,22 +340,25 @@ def build_features(
         tables = DuckTables(parts, memory_limit=memory_limit, temp_dir=out_dir / ".duckdb_tmp")
     else:
         raise ValueError(f"offline engine must be 'duckdb' or 'spark', got {engine!r}")
-    first, last = tables.one(BOUNDS_SQL, {"as_of": as_of_ts})
-    if first is None:
-        raise NoDataError(f"no sales before {as_of_ts.date()} in the ingested order lines")
-    grid = sorted(to_utc(s) for s in snapshots) if snapshots else snapshot_grid(first, as_of_ts, every_days)
-    if any(s > as_of_ts for s in grid):
-        raise ValueError(f"snapshots must not be after as-of {as_of_ts.isoformat()}")
-    log.info("%s computes features for %d snapshots up to %s", engine, len(grid), as_of_ts.date())
-    params = {"as_of": as_of_ts, "snapshots": grid}
-    counts = {}
-    for name, sql in ((CUSTOMER_FEATURES_FILE, CUSTOMER_SQL), (PRODUCT_FEATURES_FILE, PRODUCT_SQL)):
-        dest = out_dir / name
-        tmp = out_dir / f".{name}.tmp"
-        tables.write(sql, params, tmp, name)
-        os.replace(tmp, dest)  # readers see the old table or the new one, never half of one
-        counts[name] = pq.ParquetFile(dest).metadata.num_rows
-        log.info("wrote %s rows to %s", counts[name], dest)
+    try:
+        first, last = tables.one(BOUNDS_SQL, {"as_of": as_of_ts})
+        if first is None:
+            raise NoDataError(f"no sales before {as_of_ts.date()} in the ingested order lines")
+        grid = sorted(to_utc(s) for s in snapshots) if snapshots else snapshot_grid(first, as_of_ts, every_days)
+        if any(s > as_of_ts for s in grid):
+            raise ValueError(f"snapshots must not be after as-of {as_of_ts.isoformat()}")
+        log.info("%s computes features for %d snapshots up to %s", engine, len(grid), as_of_ts.date())
+        params = {"as_of": as_of_ts, "snapshots": grid}
+        counts = {}
+        for name, sql in ((CUSTOMER_FEATURES_FILE, CUSTOMER_SQL), (PRODUCT_FEATURES_FILE, PRODUCT_SQL)):
+            dest = out_dir / name
+            tmp = out_dir / f".{name}.tmp"
+            tables.write(sql, params, tmp, name)
+            os.replace(tmp, dest)  # readers see the old table or the new one, never half of one
+            counts[name] = pq.ParquetFile(dest).metadata.num_rows
+            log.info("wrote %s rows to %s", counts[name], dest)
+    finally:
+        tables.close()
     return FeatureBuild(
         as_of=as_of_ts,
         snapshots=grid,

@@ -120,7 +120,8 @@ class SparkTables:
         # the schema is known: no Spark job to infer it from the files
         lines = self.spark.read.schema(spark_schema(CANONICAL_SCHEMA)).parquet(*(str(p) for p in parts))
         # every query reads the lines several times (orders, returns, first buys): once from the files
-        lines.persist(StorageLevel.MEMORY_AND_DISK).createOrReplaceTempView("lines")
+        self.lines = lines.persist(StorageLevel.MEMORY_AND_DISK)
+        self.lines.createOrReplaceTempView("lines")
         log.info("spark reads %d order-line parts (%.1f s)", len(parts), time.monotonic() - started)
 
     def one(self, sql: str, params: Mapping[str, Any]) -> tuple:
@@ -147,6 +148,12 @@ class SparkTables:
                 raise RuntimeError(f"spark wrote {len(parts)} Parquet parts for {label}, expected one")
             shutil.move(parts[0], dest)
         log.info("spark computed %s in %.1f s", label, time.monotonic() - started)
+
+
+    def close(self) -> None:
+        """Free the cached lines; the session stays up for whoever runs next in this process."""
+        self.spark.catalog.dropTempView("lines")
+        self.lines.unpersist()
 
 
 def _utc(micros: int | None) -> dt.datetime | None:
