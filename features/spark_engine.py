@@ -61,9 +61,14 @@ FIXED_SQL_CONF: dict[str, str] = {
 def session_conf(conf: Mapping[str, str] | None = None) -> dict[str, str]:
     """The Spark configuration of Patron's sessions: defaults, then ``conf``, then the fixed SQL settings."""
     out = {**DEFAULT_CONF, **(conf or {}), **FIXED_SQL_CONF}
-    java = out.get("spark.driver.extraJavaOptions", "")
-    if "log4j2.configurationFile" not in java:
-        out["spark.driver.extraJavaOptions"] = f"{java} -Dlog4j2.configurationFile={LOG4J2.as_uri()}".strip()
+    java = out.get("spark.driver.extraJavaOptions", "").split()
+    if not any("log4j2.configurationFile" in o for o in java):
+        java.append(f"-Dlog4j2.configurationFile={LOG4J2.as_uri()}")
+    if out["spark.master"].startswith("local") and not any(o.startswith("-XX:TieredStopAtLevel") for o in java):
+        # a local run is a few minutes of many short stages: the JVM's quick compiler alone halves
+        # a feature build there (the optimising one never pays back its compile time)
+        java.append("-XX:TieredStopAtLevel=1")
+    out["spark.driver.extraJavaOptions"] = " ".join(java)
     return out
 
 
