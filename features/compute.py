@@ -6,6 +6,10 @@ time t, the latest row with T <= t, so no order at or after t can leak into a tr
 
 The SQL reads the committed Parquet parts directly, so DuckDB streams them and can spill to disk:
 the data never has to fit in Python's memory.
+
+The SQL is written once, in DuckDB's dialect, and kept to constructs that transpile to Spark SQL
+(``features/spark_engine.py``): interval joins instead of ASOF joins, ``date_diff`` in microseconds
+instead of ``epoch`` of an interval, a window instead of ``arg_max`` over a computed key.
 """
 
 from __future__ import annotations
@@ -13,9 +17,12 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Literal
+
+import pyarrow.parquet as pq
 
 from patron import duck
 from patron.errors import PatronError
@@ -25,7 +32,6 @@ from patron.rules import PRODUCT_SALE_SQL, VALID_PURCHASE_SQL
 from patron.times import to_utc
 
 log = logging.getLogger(__name__)
-
 
 
 class NoDataError(PatronError):
@@ -88,7 +94,7 @@ first_days AS (
 -- the first order of each customer's day and month flags it, so that distinct days and months are
 -- counts of flags (a distinct count per customer and snapshot costs a hash set per group)
 orders_gap AS (
-    SELECT *, epoch(ts - lag(ts) OVER (PARTITION BY customer_id ORDER BY ts)) / 86400.0 AS gap_days,
+    SELECT *, date_diff('microsecond', lag(ts) OVER (PARTITION BY customer_id ORDER BY ts), ts) / 86400e6 AS gap_days,
            row_number() OVER (PARTITION BY customer_id, date_trunc('day', ts) ORDER BY ts, invoice_no) = 1 AS first_of_day,
            row_number() OVER (PARTITION BY customer_id, date_trunc('month', ts) ORDER BY ts, invoice_no) = 1 AS first_of_month
     FROM orders
@@ -118,12 +124,12 @@ agg AS (
            max(date_trunc('day', o.ts)) AS last_day,
            count(*) FILTER (WHERE o.first_of_month) AS months_active,
            -- weeks back from t with an order: one bit per week (0..26), counted
-           coalesce(bit_count(bit_or(1::BIGINT << floor(epoch(s.t - o.ts) / 604800)::INTEGER)
+           coalesce(bit_count(bit_or(1::BIGINT << floor(date_diff('microsecond', o.ts, s.t) / 604800e6)::INTEGER)
                               FILTER (WHERE o.ts >= s.t - INTERVAL 91 DAY)), 0) AS active_weeks_13,
-           coalesce(bit_count(bit_or(1::BIGINT << floor(epoch(s.t - o.ts) / 604800)::INTEGER)
+           coalesce(bit_count(bit_or(1::BIGINT << floor(date_diff('microsecond', o.ts, s.t) / 604800e6)::INTEGER)
                               FILTER (WHERE o.ts >= s.t - INTERVAL 182 DAY)), 0) AS active_weeks_26,
-           sum(exp(-epoch(s.t - o.ts) / 86400.0 / 30)) AS decayed_orders_30,
-           sum(exp(-epoch(s.t - o.ts) / 86400.0 / 90)) AS decayed_orders_90
+           sum(exp(-(date_diff('microsecond', o.ts, s.t) / 86400e6) / 30)) AS decayed_orders_30,
+           sum(exp(-(date_diff('microsecond', o.ts, s.t) / 86400e6) / 90)) AS decayed_orders_90
     FROM orders_gap o JOIN snap s ON o.ts < s.t
     GROUP BY o.customer_id, s.t
 ),
@@ -141,24 +147,33 @@ first_buys AS (
     WHERE line_class = 'sale' AND item_id IS NOT NULL AND invoice_ts < $as_of
     GROUP BY customer_id, item_id
 ),
+-- each snapshot with the one before it: a pair first bought in [t_from, t) first counts at t (the
+-- first snapshot's interval starts at the earliest first purchase)
+snap_from AS (
+    SELECT s.t, coalesce(max(p.t), (SELECT min(first_ts) FROM first_buys)) AS t_from
+    FROM snap s LEFT JOIN snap p ON p.t < s.t
+    GROUP BY s.t
+),
 new_pairs AS (
     SELECT f.customer_id, s.t, count(*) AS n
-    FROM first_buys f ASOF JOIN snap s ON f.first_ts < s.t
+    FROM first_buys f JOIN snap_from s ON f.first_ts >= s.t_from AND f.first_ts < s.t
     GROUP BY f.customer_id, s.t
 ),
+-- the running count at every snapshot of the customer: new pairs up to t, on agg's grid
 distinct_products AS (
-    SELECT customer_id, t, sum(n) OVER (PARTITION BY customer_id ORDER BY t) AS distinct_products
-    FROM new_pairs
+    SELECT customer_id, t, sum(sum(n)) OVER (PARTITION BY customer_id ORDER BY t) AS distinct_products
+    FROM (SELECT customer_id, t, n FROM new_pairs UNION ALL SELECT customer_id, t, 0 AS n FROM agg) AS g
+    GROUP BY customer_id, t
 )
 SELECT
     a.customer_id::BIGINT AS customer_id,
     a.t AS event_timestamp,
-    epoch(a.t - a.last_ts) / 86400.0 AS recency_days,
+    date_diff('microsecond', a.last_ts, a.t) / 86400e6 AS recency_days,
     a.frequency::BIGINT AS frequency,
     a.monetary_total::DOUBLE AS monetary_total,
     (a.monetary_total / a.frequency)::DOUBLE AS avg_order_value,
-    epoch(a.t - a.first_ts) / 86400.0 AS tenure_days,
-    CASE WHEN a.frequency > 1 THEN epoch(a.last_ts - a.first_ts) / 86400.0 / (a.frequency - 1) END AS mean_interorder_days,
+    date_diff('microsecond', a.first_ts, a.t) / 86400e6 AS tenure_days,
+    CASE WHEN a.frequency > 1 THEN date_diff('microsecond', a.first_ts, a.last_ts) / 86400e6 / (a.frequency - 1) END AS mean_interorder_days,
     a.std_interorder_days::DOUBLE AS std_interorder_days,
     a.orders_30d::BIGINT AS orders_30d,
     a.orders_90d::BIGINT AS orders_90d,
@@ -182,15 +197,15 @@ SELECT
     (a.first_ts < (SELECT t0 FROM data_start) + INTERVAL 28 DAY)::BIGINT AS tenure_censored,
     -- the BG/NBD summary (frequency = repeat purchase days; recency and age from the first day)
     (a.purchase_days - 1)::BIGINT AS btyd_frequency,
-    epoch(a.last_day - fd.first_day) / 86400.0 AS btyd_recency_days,
-    epoch(a.t - fd.first_day) / 86400.0 AS btyd_age_days,
+    date_diff('microsecond', fd.first_day, a.last_day) / 86400e6 AS btyd_recency_days,
+    date_diff('microsecond', fd.first_day, a.t) / 86400e6 AS btyd_age_days,
     CASE WHEN a.purchase_days > 1 THEN (a.monetary_total - fd.first_day_spend) / (a.purchase_days - 1) ELSE 0 END::DOUBLE
         AS btyd_monetary,
     now() AS created_at
 FROM agg a
 JOIN first_days fd ON a.customer_id = fd.customer_id
 LEFT JOIN ret r ON a.customer_id = r.customer_id AND a.t = r.t
-ASOF LEFT JOIN distinct_products d ON a.customer_id = d.customer_id AND a.t >= d.t
+LEFT JOIN distinct_products d ON a.customer_id = d.customer_id AND a.t = d.t
 ORDER BY customer_id, event_timestamp
 """.replace("{valid_purchase}", VALID_PURCHASE_SQL)
 
@@ -207,7 +222,7 @@ item_day AS (
     SELECT item_id, d, sum(quantity) AS units, count(*) AS n_lines, sum(amount::DECIMAL(38, 6)) AS revenue, max(ts) AS last_ts
     FROM sold GROUP BY item_id, d
 ),
-snap AS (SELECT t, (row_number() OVER (ORDER BY t) - 1)::BIGINT AS k FROM (SELECT unnest($snapshots::TIMESTAMPTZ[]) AS t)),
+snap AS (SELECT t, (row_number() OVER (ORDER BY t) - 1)::BIGINT AS k FROM (SELECT unnest($snapshots::TIMESTAMPTZ[]) AS t) AS u),
 n_snap AS (SELECT count(*) AS n FROM snap),
 -- A day d counts for snapshot t once it is over (d + 1 day <= t), and for a W-day window while
 -- d >= t - W days. Snapshots are numbered k = 0, 1, ... in time order; for every day of the data,
@@ -278,7 +293,7 @@ agg AS (
 -- disjoint from the buyer's other days' intervals, so counting intervals counts buyers.
 buyer_days AS (
     SELECT item_id, customer_id, d, lead(d) OVER (PARTITION BY item_id, customer_id ORDER BY d) AS next_d
-    FROM (SELECT DISTINCT item_id, customer_id, d FROM sold WHERE customer_id IS NOT NULL)
+    FROM (SELECT DISTINCT item_id, customer_id, d FROM sold WHERE customer_id IS NOT NULL) AS p
 ),
 buyer_spans AS (
     SELECT b.item_id, dk.k1 AS k_from, coalesce(nk.k1, (SELECT n FROM n_snap)) AS k_next, dk.k7, dk.k30, dk.k90
@@ -304,11 +319,14 @@ buyers AS (
     WINDOW w AS (PARTITION BY g.item_id ORDER BY g.k ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)
 ),
 names AS (
-    -- descriptions vary for one code: keep the most frequent, ties broken by the latest use
-    SELECT item_id, arg_max(description, n * 1e12 + epoch(last_ts)) AS description
-    FROM (SELECT item_id, description, count(*) AS n, max(ts) AS last_ts FROM sold
-          WHERE description IS NOT NULL AND description <> '' GROUP BY item_id, description)
-    GROUP BY item_id
+    -- descriptions vary for one code: keep the most frequent, ties broken by the latest use, then by name
+    SELECT item_id, description
+    FROM (SELECT item_id, description,
+                 row_number() OVER (PARTITION BY item_id ORDER BY count(*) DESC, max(ts) DESC, description) AS rank
+          FROM sold
+          WHERE description IS NOT NULL AND description <> ''
+          GROUP BY item_id, description) AS d
+    WHERE rank = 1
 )
 SELECT
     a.item_id AS item_id,
@@ -328,7 +346,7 @@ SELECT
          ELSE (a.lines_30d - a.lines_prev_30d) / (a.lines_30d + a.lines_prev_30d) END::DOUBLE AS trend_30d,
     -- quantity-weighted price; over all history when the product did not sell in 90 days
     coalesce(a.revenue_90d::DOUBLE / nullif(a.units_90d, 0), a.revenue_total::DOUBLE / nullif(a.units_total, 0))::DOUBLE AS avg_price,
-    epoch(a.t - a.last_ts) / 86400.0 AS days_since_last_sale,
+    date_diff('microsecond', a.last_ts, a.t) / 86400e6 AS days_since_last_sale,
     coalesce(n.description, '') AS description,
     now() AS created_at
 FROM agg a
@@ -336,6 +354,29 @@ LEFT JOIN buyers b USING (item_id, t)
 LEFT JOIN names n USING (item_id)
 ORDER BY item_id, event_timestamp
 """.replace("{product_sale}", PRODUCT_SALE_SQL)
+
+
+BOUNDS_SQL = "SELECT min(invoice_ts), max(invoice_ts) FROM lines WHERE line_class = 'sale' AND invoice_ts < $as_of"
+
+Engine = Literal["duckdb", "spark"]
+
+
+class DuckTables:
+    """The feature build's queries in an embedded DuckDB session, over a view ``lines`` of the parts."""
+
+    def __init__(self, parts: Sequence[Path], *, memory_limit: str | None, temp_dir: Path) -> None:
+        # Past the limit DuckDB spills joins and aggregations to disk instead of growing.
+        self.con = duck.connect(memory_limit=memory_limit, temp_dir=temp_dir)
+        self.con.execute(f"CREATE OR REPLACE VIEW lines AS SELECT * FROM {duck.scan(parts)}")
+
+    def one(self, sql: str, params: Mapping[str, Any]) -> tuple:
+        return self.con.execute(sql, dict(params)).fetchone()
+
+    def write(self, sql: str, params: Mapping[str, Any], dest: Path, label: str) -> None:
+        self.con.execute(f"COPY ({sql}) TO {duck.quote(dest)} (FORMAT parquet, COMPRESSION zstd)", dict(params))
+
+    def close(self) -> None:
+        self.con.close()
 
 
 def build_features(
@@ -346,37 +387,48 @@ def build_features(
     every_days: int = 7,
     snapshots: Sequence[dt.datetime] | None = None,
     memory_limit: str | None = None,
+    engine: Engine = "duckdb",
+    spark_conf: Mapping[str, str] | None = None,
 ) -> FeatureBuild:
-    """Compute both feature tables for every snapshot up to ``as_of`` and replace them atomically."""
+    """Compute both feature tables for every snapshot up to ``as_of`` and replace them atomically.
+
+    ``engine`` runs the same SQL in embedded DuckDB (``memory_limit`` applies) or in a Spark
+    session (``spark_conf`` applies; see ``features/spark_engine.py``).
+    """
     as_of_ts = to_utc(as_of)
-    lines = OrderStore(data_dir).scan()
-    if lines is None:
+    parts = OrderStore(data_dir).committed_parts()
+    if not parts:
         raise NoDataError(f"no order lines under {data_dir}: run `patron ingest --source ...` first")
     out_dir.mkdir(parents=True, exist_ok=True)
-    # Past the limit DuckDB spills joins and aggregations to disk instead of growing.
-    memory_limit = memory_limit or duck.memory_limit()
-    con = duck.connect(memory_limit=memory_limit, temp_dir=out_dir / ".duckdb_tmp")
-    con.execute(f"CREATE OR REPLACE VIEW lines AS SELECT * FROM {lines}")
-    first, last = con.execute(
-        "SELECT min(invoice_ts), max(invoice_ts) FROM lines WHERE line_class = 'sale' AND invoice_ts < $as_of",
-        {"as_of": as_of_ts},
-    ).fetchone()
-    if first is None:
-        raise NoDataError(f"no sales before {as_of_ts.date()} in the ingested order lines")
-    grid = sorted(to_utc(s) for s in snapshots) if snapshots else snapshot_grid(first, as_of_ts, every_days)
-    if any(s > as_of_ts for s in grid):
-        raise ValueError(f"snapshots must not be after as-of {as_of_ts.isoformat()}")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    params = {"as_of": as_of_ts, "snapshots": grid}
-    counts = {}
-    for name, sql in ((CUSTOMER_FEATURES_FILE, CUSTOMER_SQL), (PRODUCT_FEATURES_FILE, PRODUCT_SQL)):
-        dest = out_dir / name
-        tmp = out_dir / f".{name}.tmp"
-        with duck.within_memory(f"the {name} table ({len(grid)} snapshots)", memory_limit):
-            con.execute(f"COPY ({sql}) TO {duck.quote(tmp)} (FORMAT parquet, COMPRESSION zstd)", params)
-        os.replace(tmp, dest)  # readers see the old table or the new one, never half of one
-        counts[name] = con.execute(f"SELECT count(*) FROM {duck.scan([dest])}").fetchone()[0]
-        log.info("wrote %s rows to %s", counts[name], dest)
+    if engine == "spark":
+        from patron.features.spark_engine import SparkTables
+
+        tables: DuckTables | SparkTables = SparkTables(parts, spark_conf)
+    elif engine == "duckdb":
+        memory_limit = memory_limit or duck.memory_limit()
+        tables = DuckTables(parts, memory_limit=memory_limit, temp_dir=out_dir / ".duckdb_tmp")
+    else:
+        raise ValueError(f"offline engine must be 'duckdb' or 'spark', got {engine!r}")
+    try:
+        first, last = tables.one(BOUNDS_SQL, {"as_of": as_of_ts})
+        if first is None:
+            raise NoDataError(f"no sales before {as_of_ts.date()} in the ingested order lines")
+        grid = sorted(to_utc(s) for s in snapshots) if snapshots else snapshot_grid(first, as_of_ts, every_days)
+        if any(s > as_of_ts for s in grid):
+            raise ValueError(f"snapshots must not be after as-of {as_of_ts.isoformat()}")
+        log.info("%s computes features for %d snapshots up to %s", engine, len(grid), as_of_ts.date())
+        params = {"as_of": as_of_ts, "snapshots": grid}
+        counts = {}
+        for name, sql in ((CUSTOMER_FEATURES_FILE, CUSTOMER_SQL), (PRODUCT_FEATURES_FILE, PRODUCT_SQL)):
+            dest = out_dir / name
+            tmp = out_dir / f".{name}.tmp"
+            with duck.within_memory(f"the {name} table ({len(grid)} snapshots)", str(memory_limit)):
+                tables.write(sql, params, tmp, name)
+            os.replace(tmp, dest)  # readers see the old table or the new one, never half of one
+            counts[name] = pq.ParquetFile(dest).metadata.num_rows
+            log.info("wrote %s rows to %s", counts[name], dest)
+    finally:
+        tables.close()
     return FeatureBuild(
         as_of=as_of_ts,
         snapshots=grid,

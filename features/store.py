@@ -7,8 +7,10 @@ and always loads the latest snapshot at or before the as-of date.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import string
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -28,6 +30,9 @@ log = logging.getLogger(__name__)
 
 REPO_DIR = Path(__file__).resolve().parent / "repo"
 CONFIGS = {"sqlite": REPO_DIR / "feature_store.yaml", "redis": REPO_DIR / "feature_store.redis.yaml"}
+# the offline store of the Spark engine; the online store stays the one configured
+SPARK_CONFIG = REPO_DIR / "feature_store.spark.yaml"
+OfflineEngine = Literal["duckdb", "spark"]
 
 
 class FeatureStoreError(PatronError):
@@ -51,21 +56,39 @@ def redis_connection_string(url: str) -> str:
     return ",".join(parts)
 
 
+def _load_config(path: Path, values: Mapping[str, str]) -> dict:
+    return yaml.safe_load(string.Template(path.read_text()).substitute(values))
+
+
 def open_store(
     feature_repo: Path,
     online_store: Literal["sqlite", "redis"] = "sqlite",
     redis_url: str = "redis://127.0.0.1:6379/0",
+    offline_engine: OfflineEngine = "duckdb",
+    spark_conf: Mapping[str, str] | None = None,
 ) -> FeatureStore:
-    """A FeatureStore whose repo path, registry and SQLite file live in ``feature_repo``."""
+    """A FeatureStore whose repo path, registry and SQLite file live in ``feature_repo``.
+
+    ``offline_engine="spark"`` swaps the offline store for Feast's Spark store (``spark_conf`` over
+    the defaults of ``features/spark_engine.py``); nothing of Spark is loaded otherwise.
+    """
     feature_repo = Path(feature_repo)
     (feature_repo / "data").mkdir(parents=True, exist_ok=True)
     values = {"feature_repo": str(feature_repo)}
     if online_store == "redis":
         values["redis_connection_string"] = redis_connection_string(redis_url)
-    text = string.Template(CONFIGS[online_store].read_text()).substitute(values)
-    feast_duckdb.install()  # relative table paths are read from the feature repo, as the file store does
-    _offline_engine()
-    config = RepoConfig(**yaml.safe_load(text))
+    raw = _load_config(CONFIGS[online_store], values)
+    if offline_engine == "spark":
+        from patron.features.spark_engine import session_conf
+
+        values["spark_conf"] = json.dumps(session_conf(spark_conf))  # JSON is YAML: one flow mapping
+        raw["offline_store"] = _load_config(SPARK_CONFIG, values)["offline_store"]
+    elif offline_engine == "duckdb":
+        feast_duckdb.install()  # relative table paths are read from the feature repo, as the file store does
+        _offline_engine()
+    else:
+        raise ValueError(f"offline engine must be 'duckdb' or 'spark', got {offline_engine!r}")
+    config = RepoConfig(**raw)
     config.repo_path = feature_repo
     return FeatureStore(repo_path=str(feature_repo), config=config)
 
@@ -104,12 +127,27 @@ def _offline_engine() -> None:
     atexit.register(release)
 
 
-def apply_definitions(store: FeatureStore) -> list[str]:
-    """Register entities, views and services (idempotent: unchanged objects are left alone)."""
-    from patron.features.repo.definitions import ALL_OBJECTS
+def offline_engine_of(store: FeatureStore) -> OfflineEngine:
+    return "spark" if getattr(store.config.offline_store, "type", "") == "spark" else "duckdb"
 
-    store.apply(ALL_OBJECTS)
-    return sorted(o.name for o in ALL_OBJECTS)
+
+def apply_definitions(store: FeatureStore) -> list[str]:
+    """Register entities, views and services (idempotent: unchanged objects are left alone), their
+    offline sources those of the store's engine: applying with the other engine re-registers them."""
+    from patron.features.repo.definitions import definitions
+
+    objects = definitions(offline_engine_of(store), Path(store.repo_path) / "data")
+    store.apply(objects)
+    return sorted(o.name for o in objects)
+
+
+def _check_engine(store: FeatureStore) -> None:
+    """Feast's offline stores each read only their own kind of source; say so before they fail."""
+    registered = type(store.get_feature_view("customer_features").batch_source).__name__
+    engine = offline_engine_of(store)
+    if (registered == "SparkSource") != (engine == "spark"):
+        raise FeatureStoreError(f"the feature definitions were registered for another offline engine ({registered}), "
+                                f"the store runs {engine}: run `patron features apply` first")
 
 
 @dataclass(frozen=True)
@@ -142,6 +180,7 @@ def materialize(store: FeatureStore, as_of: dt.date | dt.datetime) -> Materializ
         store.get_feature_view("customer_features")
     except Exception as exc:
         raise FeatureStoreError("feature definitions are not registered: run `patron features apply` first") from exc
+    _check_engine(store)
     for view in ("customer_features", "product_features"):  # one at a time: a crash between them is recoverable
         store.materialize(start_date=snapshot, end_date=snapshot, feature_views=[view])
         crash_point("materialize")
@@ -159,9 +198,15 @@ def online_customer_features(store: FeatureStore, customer_ids: list[int], servi
 
 
 def historical_features(store: FeatureStore, entity_df: pd.DataFrame, service: str) -> pd.DataFrame:
-    """Point-in-time join: each entity row gets the latest snapshot at or before its timestamp."""
+    """Point-in-time join: each entity row gets the latest snapshot at or before its timestamp,
+    with timestamps in UTC whichever the offline store (see ``patron.compat.feast_spark``)."""
     from patron import duck
 
     fs = store.get_feature_service(service)
+    _check_engine(store)
+    if offline_engine_of(store) == "spark":
+        from patron.compat.feast_spark import historical_frame
+
+        return historical_frame(store, entity_df, fs)
     with duck.within_memory(f"Feast's point-in-time join of {len(entity_df):,} rows", duck.memory_limit()):
         return store.get_historical_features(entity_df=entity_df, features=fs).to_df()

@@ -52,6 +52,10 @@ UNDERSTOOD: tuple[Understood, ...] = (
                "MLflow announcing changes to its own defaults; the pinned version's behaviour is what is tested"),
     Understood(DeprecationWarning, r"ibis\.backends\.duckdb", r"fetch_arrow_table\(\) is deprecated",
                "ibis 12 (under Feast's DuckDB offline store) calls DuckDB 2.0's older name for the same method"),
+    Understood(RuntimeWarning, r"feast\.infra\.offline_stores\.contrib\.spark_offline_store\.",
+               r"The spark (data source API|offline store) is an experimental feature",
+               "Feast calls its Spark source and offline store experimental on every use; tests/test_spark.py holds the "
+               "pinned version to the embedded engine's results"),
 )
 
 

@@ -48,6 +48,15 @@ class PatronSettings(BaseSettings):
     # What each DuckDB query of the batch path (feature snapshots, labels, Feast's offline joins)
     # may hold in memory; past it, DuckDB spills to disk under the state directory.
     duckdb_memory_limit: str = Field(default="3GB", pattern=r"^\d+(\.\d+)?\s*[KMGT]i?B$")
+    # Where feature tables and training frames are computed: embedded DuckDB, or Apache Spark
+    # (`pip install 'patron[spark]'`; features/spark_engine.py, docs/scaling.md). The online
+    # store and the service are the same either way.
+    offline_engine: Literal["duckdb", "spark"] = "duckdb"
+    spark_master: str = "local[2]"
+    spark_driver_memory: str = "1g"
+    # any other Spark setting, as JSON: PATRON_SPARK_CONF='{"spark.executor.memory": "4g"}'
+    # (it may hold storage credentials: never printed with the settings)
+    spark_conf: dict[str, str] = Field(default_factory=dict, repr=False)
 
     def api_keys(self) -> dict[str, list[str]]:
         """Scope -> keys, from the comma-separated PATRON_STOREFRONT_KEYS, PATRON_CRM_KEYS, PATRON_ADMIN_KEYS."""
@@ -57,6 +66,10 @@ class PatronSettings(BaseSettings):
     def plausibility(self) -> Plausibility:
         """What a believable order line is, for ingestion and the storefront's events."""
         return Plausibility(max_abs_quantity=self.max_abs_quantity, max_unit_price=self.max_unit_price)
+
+    def spark_options(self) -> dict[str, str]:
+        """The Spark settings of the configuration (the fixed ones are added where sessions start)."""
+        return {"spark.master": self.spark_master, "spark.driver.memory": self.spark_driver_memory, **self.spark_conf}
 
     def paths(self) -> "StatePaths":
         return StatePaths.for_home(self.home)

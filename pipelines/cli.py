@@ -192,12 +192,14 @@ def features_cmd(
 
             with term.err.status("computing feature snapshots"):
                 b = build_features(paths.data, paths.feature_data, as_of or _default_as_of(settings),
-                                   every_days=every_days or settings.snapshot_every_days)
+                                   every_days=every_days or settings.snapshot_every_days,
+                                   engine=settings.offline_engine, spark_conf=settings.spark_options())
             term.out.print(f"features as of {b.as_of.date()}: {len(b.snapshots)} snapshots "
                            f"({b.snapshots[0].date()} .. {b.snapshots[-1].date()}), {b.customer_rows:,} customer rows, "
                            f"{b.product_rows:,} product rows -> {paths.feature_data}")
             return
-        store = open_store(paths.feature_repo, settings.online_store, settings.redis_url)
+        store = open_store(paths.feature_repo, settings.online_store, settings.redis_url, settings.offline_engine,
+                           settings.spark_options())
         if step is FeatureStep.apply:
             names = apply_definitions(store)
             term.out.print(f"registered with Feast ({settings.online_store} online store): {', '.join(names)}")

@@ -150,10 +150,11 @@ def run_pipeline(
         watch.finish(name, summary(info))
 
     def features_step() -> dict:
-        b = build_features(paths.data, paths.feature_data, as_of, every_days=settings.snapshot_every_days)
+        b = build_features(paths.data, paths.feature_data, as_of, every_days=settings.snapshot_every_days,
+                           engine=settings.offline_engine, spark_conf=settings.spark_options())
         return {"snapshots": len(b.snapshots), "customer_rows": b.customer_rows, "product_rows": b.product_rows}
 
-    store_args = (paths.feature_repo, settings.online_store, settings.redis_url)
+    store_args = (paths.feature_repo, settings.online_store, settings.redis_url, settings.offline_engine, settings.spark_options())
     step("features", features_step,
          lambda i: f"{i['snapshots']} snapshots, {i['customer_rows']:,} customer rows, {i['product_rows']:,} product rows")
     step("apply", lambda: {"registered": apply_definitions(open_store(*store_args))},

@@ -50,6 +50,7 @@ class Runtime:
         self.settings = settings
         self.kinds = kinds
         paths = settings.paths()
+        # the service reads the online store only: its offline store (and so Spark) is never used
         self.store = open_store(paths.feature_repo, settings.online_store, settings.redis_url)
         self.features: OnlineFeatures | None = None  # set by the first successful reload
         self.champions: Champions | None = None

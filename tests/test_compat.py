@@ -18,6 +18,7 @@ ADAPTERS = {
     "patron.compat.sklearn_trees": "scikit-learn",
     "patron.compat.feast_sqlite": "feast",
     "patron.compat.feast_duckdb": "feast",
+    "patron.compat.feast_spark": "feast",
     "patron.compat.uvicorn_http": "uvicorn",
 }
 

@@ -47,7 +47,7 @@ def _store(spec: TrainSpec):
             f"feature tables end at {snap.date()}, training needs snapshots up to {spec.as_of.date()}: "
             f"run `patron features build --as-of {spec.as_of.date()}`"
         )
-    return open_store(spec.feature_repo, spec.online_store, spec.redis_url)
+    return open_store(spec.feature_repo, spec.online_store, spec.redis_url, spec.offline_engine, spec.spark_conf)
 
 
 def customer_frames(
