@@ -48,6 +48,31 @@ def rank_desc(scores: np.ndarray) -> np.ndarray:
     return ranks
 
 
+def rank_all_and_unseen(scores: np.ndarray, seen: np.ndarray, same_for_all: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Per row, the 0-based rank of each item by decreasing score among all items, and among the
+    items the customer has not bought (``seen`` False): one sort gives both, since an unseen item's
+    rank among the unseen is its rank minus the seen items ahead of it. Ties: lower column first;
+    missing (NaN) or infinite scores rank ``inf``, and so do seen items among the unseen.
+    ``same_for_all``: every row holds the same scores, sorted once."""
+    s = np.where(np.isnan(scores), -np.inf, scores)
+    n_rows, n_items = seen.shape
+    if same_for_all:
+        order = np.broadcast_to(np.argsort(-s[0], kind="stable"), (n_rows, n_items))
+    else:
+        order = np.argsort(-s, axis=1, kind="stable")
+    seen_sorted = np.take_along_axis(seen, order, axis=1).astype(np.int64)
+    position = np.broadcast_to(np.arange(n_items, dtype=np.int64), (n_rows, n_items))
+    ahead_seen = np.cumsum(seen_sorted, axis=1) - seen_sorted
+    everyone = np.empty((n_rows, n_items), np.float64)
+    np.put_along_axis(everyone, order, position.astype(np.float64), axis=1)
+    unseen = np.empty((n_rows, n_items), np.float64)
+    np.put_along_axis(unseen, order, (position - ahead_seen).astype(np.float64), axis=1)
+    finite = np.isfinite(np.broadcast_to(s, (n_rows, n_items)))
+    everyone[~finite] = np.inf
+    unseen[~finite | seen] = np.inf
+    return everyone, unseen
+
+
 def basket_similarity(lines: pd.DataFrame, items: np.ndarray, neighbours: int, shrink: float) -> sp.csr_matrix:
     """Item x item co-purchase similarity over invoices: cosine C_ij / sqrt(n_i n_j), shrunk by
     C_ij / (C_ij + shrink), keeping the ``neighbours`` most similar items per row."""
@@ -250,18 +275,13 @@ class Sources:
         pop = np.broadcast_to(self.pop_scores(), (nb, n_i))
         trend = np.broadcast_to(self.trend_scores(), (nb, n_i))
 
-        def ranks(sc, mask_seen):
-            s = np.where(np.isnan(sc), -np.inf, sc)
-            if mask_seen:
-                s = np.where(seen, -np.inf, s)
-            r = rank_desc(s).astype(np.float64)
-            r[~np.isfinite(s)] = np.inf
-            return r
-
-        als_r, ease_r, cop_r = ranks(als, False), ranks(ease, False), ranks(cop, False)
-        als_u, ease_u, cop_u = ranks(als, True), ranks(ease, True), ranks(cop, True)
+        als_r, als_u = rank_all_and_unseen(als, seen)
+        ease_r, ease_u = rank_all_and_unseen(ease, seen)
+        cop_r, cop_u = rank_all_and_unseen(cop, seen)
         cop_u[cop <= 0] = np.inf
-        trend_u, pop_u = ranks(trend, True), ranks(pop, True)
+        # the same scores for every customer: one sort for the block
+        _, trend_u = rank_all_and_unseen(trend, seen, same_for_all=True)
+        _, pop_u = rank_all_and_unseen(pop, seen, same_for_all=True)
         # history candidates: the max_history items with the highest frequency x recency
         hist = np.zeros((nb, n_i), bool)
         if not new_only:
