@@ -112,7 +112,7 @@ def _offline_engine() -> None:
 
     spill = tempfile.mkdtemp(prefix="patron-offline-")
     con = ibis.duckdb.connect(memory_limit=duck.memory_limit(), temp_directory=spill)
-    con.raw_sql("SET TimeZone = 'UTC'")
+    con.raw_sql(duck.UTC_SESSION)
     ibis.set_backend(con)
     _ENGINE.append(con)
 

@@ -16,6 +16,8 @@ import duckdb
 
 from patron.errors import PatronError
 
+UTC_SESSION = "SET TimeZone = 'UTC'"  # every session Patron opens, its own or a library's
+
 
 class OutOfMemory(PatronError):
     """A query needed more memory than DuckDB may use, even spilling to disk."""
@@ -58,7 +60,7 @@ def connect(*, memory_limit: str | None = None, temp_dir: Path | None = None) ->
     """An in-memory DuckDB session in UTC; with ``memory_limit`` it spills to ``temp_dir`` instead
     of growing past the limit."""
     con = duckdb.connect()
-    con.execute("SET TimeZone = 'UTC'")
+    con.execute(UTC_SESSION)
     if temp_dir is not None:
         con.execute(f"SET temp_directory = {quote(temp_dir)}")
     if memory_limit:

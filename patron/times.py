@@ -2,7 +2,7 @@
 
 A date means midnight UTC at its start; a naive datetime (the shop's exports carry local times
 without a zone) is read as UTC, as the order lines store them. Every module converts through
-these two functions, so "as of 2011-07-01" is the same instant everywhere.
+these functions, so "as of 2011-07-01" is the same instant everywhere.
 """
 
 from __future__ import annotations
@@ -37,3 +37,8 @@ def to_utc(value: Moment) -> dt.datetime:
 def utc_timestamp(value: Moment) -> pd.Timestamp:
     """:func:`to_utc` as a pandas Timestamp (for comparisons with timestamp columns)."""
     return pd.Timestamp(to_utc(value))
+
+
+def utc_column(column: pd.Series) -> pd.Series:
+    """A timestamp column in UTC: naive values are read as UTC, aware ones converted."""
+    return column.dt.tz_localize("UTC") if column.dt.tz is None else column.dt.tz_convert("UTC")

@@ -28,6 +28,7 @@ from __future__ import annotations
 import pandas as pd
 
 from patron.compat import require
+from patron.times import utc_column
 
 KNOWN_VERSIONS = ("0.67.0",)
 VERSION = require("feast", KNOWN_VERSIONS, __name__)
@@ -38,5 +39,5 @@ def historical_frame(store, entity_df: pd.DataFrame, features) -> pd.DataFrame:
     out = store.get_historical_features(entity_df=entity_df.copy(), features=features).to_df()
     for col in out.columns:
         if pd.api.types.is_datetime64_dtype(out[col]) and out[col].dt.tz is None:
-            out[col] = out[col].dt.tz_localize("UTC")
+            out[col] = utc_column(out[col])
     return out
