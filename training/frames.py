@@ -83,7 +83,8 @@ def plan_snapshots(
     return SnapshotPlan(as_of=as_of, horizon_days=horizon_days, holdout=holdout, train=sorted(train))
 
 
-WINDOW_SQL = """
+# the population and its orders, shared by the count before sampling and the frame itself
+POPULATION_SQL = """
 WITH
 -- one row per order (invoice and moment) of a known customer
 orders AS (
@@ -99,7 +100,9 @@ pop AS (
     FROM (SELECT customer_id, min(ts) AS first_ts FROM orders GROUP BY customer_id) f
     JOIN snap s ON f.first_ts < s.t
     WHERE {sample}
-),
+)"""
+
+WINDOW_SQL = POPULATION_SQL + """,
 -- past spend over [t - horizon, t), and the labels over [t, t + horizon)
 win AS (
     SELECT o.customer_id, s.t,
@@ -178,12 +181,8 @@ def windows(
             duck.within_memory(f"the labels of {len(snaps)} snapshots", memory_limit):
         _lines_view(con, lines)
         params = {"end": end, "snapshots": snaps, "horizon": int(horizon_days)}
-        total = con.execute(
-            "SELECT count(*) FROM (SELECT customer_id, min(invoice_ts) AS f FROM lines "
-            "WHERE customer_id IS NOT NULL AND invoice_ts < $end GROUP BY ALL) c "
-            "JOIN (SELECT unnest($snapshots::TIMESTAMPTZ[]) AS t) s ON c.f < s.t",
-            {"end": end, "snapshots": snaps},
-        ).fetchone()[0]
+        total = con.execute(POPULATION_SQL.replace("{sample}", "true") + " SELECT count(*) FROM pop",
+                            {"end": end, "snapshots": snaps}).fetchone()[0]
         fraction = 1.0 if not max_rows or total <= max_rows else max_rows / total
         sql = WINDOW_SQL.replace("{sample}", "true" if fraction >= 1.0 else SAMPLE_SQL)
         if fraction < 1.0:
