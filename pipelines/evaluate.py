@@ -49,8 +49,9 @@ def _check_window(spec: TrainSpec) -> None:
     end = spec.as_of + dt.timedelta(days=spec.horizon_days)
     last = OrderStore(spec.data_dir).last_purchase_day()
     if last is None or last < (end - dt.timedelta(days=7)).date():
+        ends = f"the data ends on {last}" if last else "no valid purchase is ingested"
         raise WindowNotObservedError(
-            f"the data ends on {last}; evaluating {spec.horizon_days} days after {spec.as_of.date()} "
+            f"{ends}; evaluating {spec.horizon_days} days after {spec.as_of.date()} "
             f"needs orders up to about {end.date()}"
         )
 
