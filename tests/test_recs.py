@@ -381,3 +381,75 @@ def test_the_rankers_train_on_a_bounded_sample_of_customers(cluster) -> None:
     assert capped.fit_info["train_rows"] < full.fit_info["train_rows"]
     again = Recommender(**{**FAST, "rk_max_customers": 5}).fit(lines, AS_OF)
     assert again.fit_info == {**capped.fit_info, **{k: again.fit_info[k] for k in again.fit_info if k.startswith("seconds")}}
+
+
+# ------------------------------------------------------------------------------------ top-N selection
+
+
+def _stable_order(scores: np.ndarray) -> np.ndarray:
+    return np.argsort(-np.where(np.isfinite(scores), scores, -np.inf), axis=1, kind="stable")
+
+
+def test_the_top_n_of_a_block_is_the_head_of_a_full_stable_sort() -> None:
+    """Partition-based selection, ties included (few distinct scores), equals sorting every row."""
+    from patron.training.recs.topn import top_dense
+
+    rng = np.random.default_rng(1)
+    scores = rng.integers(0, 4, (30, 50)).astype(np.float32)
+    scores[rng.random(scores.shape) < 0.15] = np.nan
+    seen = np.nonzero(rng.random(scores.shape) < 0.2)
+    for cap in (1, 5, 13, 50, 80):
+        for exclude in (None, seen):
+            s = np.where(np.isfinite(scores), scores, -np.inf)
+            if exclude is not None:
+                s[exclude] = -np.inf
+            order = _stable_order(s)
+            expected = [(r, int(c), j) for r in range(s.shape[0]) for j, c in enumerate(order[r])
+                        if j < cap and np.isfinite(s[r, c])]
+            got = list(zip(*(a.tolist() for a in top_dense(scores, cap, exclude))))
+            assert got == expected, (cap, exclude is None)
+
+
+def test_the_first_unseen_items_of_a_global_order_and_their_ranks() -> None:
+    from patron.training.recs.topn import global_unseen_rank, top_global
+
+    rng = np.random.default_rng(2)
+    n_rows, n_items = 12, 40
+    order = np.argsort(-rng.integers(0, 6, n_items), kind="stable")[:30]  # 10 items outside the order
+    seen_mask = rng.random((n_rows, n_items)) < 0.4
+    seen = tuple(a.astype(np.int64) for a in np.nonzero(seen_mask))
+    for n in (1, 4, 25):
+        rows, cols, ranks = top_global(order, n_items, seen, n_rows, n)
+        expected = [(r, int(i), j) for r in range(n_rows) for j, i in enumerate(i for i in order if not seen_mask[r, i]) if j < n]
+        assert sorted(zip(rows.tolist(), cols.tolist(), ranks.tolist())) == sorted(expected)
+    pr, pi = np.nonzero(~seen_mask)
+    got = global_unseen_rank(order, n_items, seen, pr, pi)
+    for r, i, g in zip(pr, pi, got):
+        unseen = [x for x in order if not seen_mask[r, x]]
+        assert (np.isnan(g) and i not in unseen) or unseen.index(i) == g
+
+
+def test_candidates_do_not_depend_on_the_rank_cap_but_their_capped_ranks(cluster) -> None:
+    """Nominations use only the first ranks, so any cap above the per-source depths gives the same
+    candidates, sources and priors; rank features are the full ranks, cut at the cap."""
+    from dataclasses import replace
+
+    from patron.training.recs.sources import FEATURES, PAIR_FEATURES, Sources
+
+    lines, _, _ = cluster
+    params = Recommender(**FAST).params
+    src = Sources.build(lines, pd.Timestamp(AS_OF, tz="UTC").to_pydatetime(), replace(params, rank_cap=10**6))
+    rows = np.arange(src.h.n_customers)
+    rank_cols = [FEATURES.index(f) for f in PAIR_FEATURES if f.endswith("rank")]
+    for new_only in (False, True):
+        src.p = replace(params, rank_cap=10**6)
+        full = src.candidates(rows, new_only)
+        src.p = replace(params, rank_cap=20)
+        capped = src.candidates(rows, new_only)
+        for key in ("pair_row", "item", "source", "prior"):
+            np.testing.assert_array_equal(full[key], capped[key])
+        other = [j for j in range(len(FEATURES)) if j not in rank_cols]
+        np.testing.assert_array_equal(full["X"][:, other], capped["X"][:, other])
+        assert np.nanmax(capped["X"][:, rank_cols]) == 20 < np.nanmax(full["X"][:, rank_cols])
+        np.testing.assert_array_equal(np.minimum(full["X"][:, rank_cols], 20), capped["X"][:, rank_cols])
+

@@ -17,6 +17,9 @@ class RecParams:
     n_ease: int = 100
     n_trend: int = 20
     n_pop: int = 30
+    # a source's rank is counted up to this (items further down rank rank_cap): candidates cost a
+    # partition of each source's scores, not a sort of the whole catalogue per customer
+    rank_cap: int = 1000
     # sources
     popular_days: float = 30.0
     trend_days: float = 14.0

@@ -22,8 +22,9 @@ import pandas as pd
 import scipy.sparse as sp
 
 from patron.training.recs.baselines import als_confidence, ease_columns, ease_weights, fit_als
-from patron.training.recs.history import DAY, History, product_lines
+from patron.training.recs.history import DAY, History, item_codes, product_lines
 from patron.training.recs.params import RecParams
+from patron.training.recs.topn import global_unseen_rank, pair_keys, rank_table, top_dense, top_global
 
 SOURCES = ("buy_again", "co_purchase", "als", "ease", "trending", "popular")
 BUY, COP, ALS, EASE, TREND, POP = range(6)
@@ -40,45 +41,12 @@ PAIR_FEATURES = ("bought", "ci_orders", "ci_log_qty", "ci_first_age", "ci_last_a
 FEATURES = PAIR_FEATURES + CUSTOMER_FEATURES + ITEM_FEATURES
 
 
-def rank_desc(scores: np.ndarray) -> np.ndarray:
-    """0-based rank of each entry within its row, by decreasing score (ties: lower column first)."""
-    order = np.argsort(-scores, axis=1, kind="stable")
-    ranks = np.empty_like(order)
-    np.put_along_axis(ranks, order, np.arange(scores.shape[1])[None, :].repeat(scores.shape[0], 0), axis=1)
-    return ranks
-
-
-def rank_all_and_unseen(scores: np.ndarray, seen: np.ndarray, same_for_all: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """Per row, the 0-based rank of each item by decreasing score among all items, and among the
-    items the customer has not bought (``seen`` False): one sort gives both, since an unseen item's
-    rank among the unseen is its rank minus the seen items ahead of it. Ties: lower column first;
-    missing (NaN) or infinite scores rank ``inf``, and so do seen items among the unseen.
-    ``same_for_all``: every row holds the same scores, sorted once."""
-    s = np.where(np.isnan(scores), -np.inf, scores)
-    n_rows, n_items = seen.shape
-    if same_for_all:
-        order = np.broadcast_to(np.argsort(-s[0], kind="stable"), (n_rows, n_items))
-    else:
-        order = np.argsort(-s, axis=1, kind="stable")
-    seen_sorted = np.take_along_axis(seen, order, axis=1).astype(np.int64)
-    position = np.broadcast_to(np.arange(n_items, dtype=np.int64), (n_rows, n_items))
-    ahead_seen = np.cumsum(seen_sorted, axis=1) - seen_sorted
-    everyone = np.empty((n_rows, n_items), np.float64)
-    np.put_along_axis(everyone, order, position.astype(np.float64), axis=1)
-    unseen = np.empty((n_rows, n_items), np.float64)
-    np.put_along_axis(unseen, order, (position - ahead_seen).astype(np.float64), axis=1)
-    finite = np.isfinite(np.broadcast_to(s, (n_rows, n_items)))
-    everyone[~finite] = np.inf
-    unseen[~finite | seen] = np.inf
-    return everyone, unseen
-
-
 def basket_similarity(lines: pd.DataFrame, items: np.ndarray, neighbours: int, shrink: float) -> sp.csr_matrix:
     """Item x item co-purchase similarity over invoices: cosine C_ij / sqrt(n_i n_j), shrunk by
     C_ij / (C_ij + shrink), keeping the ``neighbours`` most similar items per row."""
     n_items = len(items)
     inv_codes, _ = pd.factorize(lines["invoice_no"])
-    ii = np.searchsorted(items, lines["item_id"].astype(str).to_numpy())
+    ii = item_codes(lines["item_id"], items)
     Bm = sp.csr_matrix((np.ones(len(ii), np.float32), (inv_codes, ii)), shape=(inv_codes.max() + 1, n_items))
     Bm.data[:] = 1.0
     Bm.sum_duplicates()
@@ -145,13 +113,13 @@ class Sources:
         s.B = ease_weights(X[:, s.ease_cols].tocsr(), p.ease_lam)
         # trending: distinct buyers in the last trend_days vs. the 2 * trend_days before
         age = ((t0 - lines["invoice_ts"]).to_numpy() / DAY)
-        ii = np.searchsorted(h.items, lines["item_id"].astype(str).to_numpy())
-        cc = lines["customer_id"].to_numpy()
+        ii = item_codes(lines["item_id"], h.items)
+        cc = h.customer_index(lines["customer_id"].to_numpy())
 
         def buyers(lo, hi):
             m = (age >= lo) & (age < hi)
-            pairs = np.unique(np.stack([ii[m], cc[m]]), axis=1) if m.any() else np.zeros((2, 0), np.int64)
-            return np.bincount(pairs[0].astype(np.int64), minlength=h.n_items).astype(np.float32)
+            pairs = np.unique(pair_keys(cc[m], ii[m], h.n_items))  # distinct (customer, item)
+            return np.bincount(pairs % h.n_items, minlength=h.n_items).astype(np.float32)
 
         s.trend_buyers = np.stack([buyers(0, p.trend_days), buyers(p.trend_days, 3 * p.trend_days)])
         s.cust_feat = s._customer_features()
@@ -256,65 +224,108 @@ class Sources:
         return sc
 
     # ---- candidates and features for a block of customers
+    @property
+    def pair_key_all(self) -> np.ndarray:
+        """Sorted pair keys (customer row, item) of the whole history."""
+        if getattr(self, "_pair_key_all", None) is None:
+            h = self.h
+            self._pair_key_all = pair_keys(np.repeat(np.arange(h.n_customers), np.diff(h.indptr)), h.indices, h.n_items)
+        return self._pair_key_all
+
+    @property
+    def ease_pos(self) -> np.ndarray:
+        """Each item's column in the EASE weights, -1 for items outside the capped set."""
+        if getattr(self, "_ease_pos", None) is None:
+            pos = np.full(self.h.n_items, -1, np.int64)
+            pos[self.ease_cols] = np.arange(len(self.ease_cols))
+            self._ease_pos = pos
+        return self._ease_pos
+
+    def global_orders(self) -> tuple[np.ndarray, np.ndarray]:
+        """The popular and the trending order (the same for every customer; stable, ties by item)."""
+        if getattr(self, "_orders", None) is None:
+            pop = self.pop_scores()
+            trend = self.trend_scores()
+            finite = np.flatnonzero(np.isfinite(trend))
+            self._orders = (np.argsort(-pop, kind="stable"), finite[np.argsort(-trend[finite], kind="stable")])
+        return self._orders
+
+    def warm(self) -> "Sources":
+        """Compute the lazily built matrices once, before blocks are scored by several threads."""
+        _ = (self.X, self.P, self.W, self.inv_key, self.pair_key_all, self.ease_pos, self.global_orders())
+        return self
+
     def candidates(self, rows: np.ndarray, new_only: bool) -> dict[str, np.ndarray]:
         """Candidate (row, item) pairs for the given customer rows, with features and source.
 
+        Each source nominates its first unseen items and gives every candidate its rank, counted up
+        to ``rank_cap`` (items further down rank ``rank_cap``), so a block costs a partition of
+        each source's scores, not a sort of the catalogue (:mod:`patron.training.recs.topn`).
         Returns ``pair_row`` (position in ``rows``), ``item``, ``X`` (features, :data:`FEATURES`),
-        ``source`` (index into :data:`SOURCES`).
+        ``source`` (index into :data:`SOURCES`) and ``prior`` (the order the sources alone give).
         """
         h, p = self.h, self.p
-        nb, n_i = len(rows), h.n_items
-        Xr = self.X[rows]
-        seen = Xr.toarray() > 0
-        ninv = Xr.toarray()
-        # dense source scores
-        als = (self.U[rows] @ self.V.T).astype(np.float64)
-        ease = np.full((nb, n_i), np.nan)
-        ease[:, self.ease_cols] = (self.P[rows][:, self.ease_cols] @ self.B)
-        cop = np.asarray((self.W[rows] @ self.S).todense(), dtype=np.float64)
-        pop = np.broadcast_to(self.pop_scores(), (nb, n_i))
-        trend = np.broadcast_to(self.trend_scores(), (nb, n_i))
-
-        als_r, als_u = rank_all_and_unseen(als, seen)
-        ease_r, ease_u = rank_all_and_unseen(ease, seen)
-        cop_r, cop_u = rank_all_and_unseen(cop, seen)
-        cop_u[cop <= 0] = np.inf
-        # the same scores for every customer: one sort for the block
-        _, trend_u = rank_all_and_unseen(trend, seen, same_for_all=True)
-        _, pop_u = rank_all_and_unseen(pop, seen, same_for_all=True)
+        rows = np.asarray(rows, np.int64)
+        nb, n_i, cap = len(rows), h.n_items, p.rank_cap
+        # the block's history pairs, in row then item order (positions into the History arrays)
+        lens = np.diff(h.indptr)[rows]
+        gpos = np.arange(lens.sum()) - np.repeat(np.cumsum(lens) - lens, lens) + np.repeat(h.indptr[rows], lens)
+        s_rows = np.repeat(np.arange(nb, dtype=np.int64), lens)
+        s_cols = h.indices[gpos].astype(np.int64)
+        seen = (s_rows, s_cols)
+        # source scores, dense over the block (rows x items: bounded by the block size)
+        shape = (nb, n_i)
+        als = self.U[rows] @ self.V.T
+        als_all = rank_table(shape, top_dense(als, cap), cap)
+        als_top = top_dense(als, cap, seen)
+        ease_cols = self.ease_cols
+        E = (self.P[rows][:, ease_cols] @ self.B) if len(ease_cols) else np.zeros((nb, 0), np.float32)
+        ease = np.full(shape, np.nan, np.float32)
+        ease[:, ease_cols] = E
+        ease_all = rank_table(shape, top_dense(ease, cap), cap)
+        ease_top = top_dense(ease, cap, seen)
+        cop = (self.W[rows] @ self.S).toarray()
+        cop_pos = np.where(cop > 0, cop, -np.inf)
+        cop_all = rank_table(shape, top_dense(cop_pos, cap), cap)
+        cop_top = top_dense(cop_pos, cap, seen)
+        pop_order, trend_order = self.global_orders()
         # history candidates: the max_history items with the highest frequency x recency
-        hist = np.zeros((nb, n_i), bool)
-        if not new_only:
-            lastage = self.h.matrix(self.h.last_age + 1e-3)[rows].toarray()
-            hs = np.where(seen, ninv * np.exp(-lastage / 180.0), -np.inf)
-            hr = rank_desc(hs)
-            hist = seen & (hr < p.max_history)
-            hist_key = (hr + 1.0) / p.max_history - 1.0  # before every other source
-        depth = {COP: (cop_u, p.n_cop), ALS: (als_u, p.n_als), EASE: (ease_u, p.n_ease),
-                 TREND: (trend_u, p.n_trend), POP: (pop_u, p.n_pop)}
-        cand = hist.copy()
-        best_key = np.full((nb, n_i), np.inf)
-        source = np.full((nb, n_i), -1, np.int8)
-        source[hist] = BUY
-        if not new_only:
-            best_key[hist] = hist_key[hist]
-        for s_code in (COP, ALS, EASE, TREND, POP):  # preference order on ties
-            r, n = depth[s_code]
-            nominated = (r < n) & ~seen
-            key = (r + 1.0) / n + (1.0 if s_code in (TREND, POP) else 0.0)  # personal sources first
-            better = nominated & (key < best_key)
-            best_key[better] = key[better]
-            source[better] = s_code
-            cand |= nominated
+        entries = []
+        if not new_only and len(s_rows):
+            last = (h.last_age[gpos] + 1e-3).astype(np.float32)
+            hs = h.n_inv[gpos].astype(np.float32) * np.exp(-last / np.float32(180.0))
+            order = np.lexsort((s_cols, -hs, s_rows))
+            hr = np.empty(len(order), np.int64)
+            hr[order] = np.arange(len(order)) - np.searchsorted(s_rows[order], s_rows[order])
+            keep = hr < p.max_history
+            entries.append((s_rows[keep], s_cols[keep], (hr[keep] + 1.0) / p.max_history - 1.0, BUY))
+        nominations = ((COP, cop_top, p.n_cop), (ALS, als_top, p.n_als), (EASE, ease_top, p.n_ease),
+                       (TREND, top_global(trend_order, n_i, seen, nb, p.n_trend), p.n_trend),
+                       (POP, top_global(pop_order, n_i, seen, nb, p.n_pop), p.n_pop))
+        for code, (r, c, u), n in nominations:
+            m = u < n
+            # personal sources before the ones that are the same for everyone
+            entries.append((r[m], c[m], (u[m] + 1.0) / n + (1.0 if code in (TREND, POP) else 0.0), code))
+        er = np.concatenate([e[0] for e in entries]) if entries else np.zeros(0, np.int64)
+        ec = np.concatenate([e[1] for e in entries]) if entries else np.zeros(0, np.int64)
+        ek = np.concatenate([e[2] for e in entries]) if entries else np.zeros(0)
+        es = np.concatenate([np.full(len(e[0]), e[3], np.int8) for e in entries]) if entries else np.zeros(0, np.int8)
+        # one row per pair: the best key, the earlier source on ties
+        keys = pair_keys(er, ec, n_i)
+        order = np.lexsort((es, ek, keys))
+        first = np.ones(len(order), bool)
+        first[1:] = keys[order][1:] != keys[order][:-1]
+        best = order[first]
         # postage, fees and manual lines are bought, but never chosen: no list offers them
-        cand &= ~h.item_nonproduct.astype(bool)[None, :]
-        pr, pi = np.nonzero(cand)
+        best = best[h.item_nonproduct[ec[best]] == 0]
+        pr, pi, prior, source = er[best], ec[best], ek[best], es[best]
         # pair features from the customer x item history
         h_rows = rows[pr]
-        sub = self.h.matrix(np.arange(1, len(self.h.indices) + 1, dtype=np.float64), np.float64)[rows].toarray()
-        pos = sub[pr, pi].astype(np.int64) - 1  # -1: never bought
-        b = pos >= 0
-        pp = np.where(b, pos, 0)
+        all_keys = self.pair_key_all
+        gk = pair_keys(h_rows, pi, n_i)
+        at = np.minimum(np.searchsorted(all_keys, gk), max(len(all_keys) - 1, 0))
+        b = all_keys[at] == gk if len(all_keys) else np.zeros(len(gk), bool)
+        pp = np.where(b, at, 0)
 
         def hv(arr):
             return np.where(b, arr[pp].astype(np.float64), np.nan)
@@ -329,28 +340,33 @@ class Sources:
             bi = np.flatnonzero(b)
             cust = h_rows[bi]
             # invoice ages ascend within a customer and customers follow each other: one sorted key
-            key = self.inv_key
             q = cust.astype(np.float64) * 1e6 + fa[bi] + 1e-4
-            since_first[bi] = np.searchsorted(key, q, side="right") - h.inv_indptr[cust]
-        als_v, ease_v, cop_v = als[pr, pi], ease[pr, pi], cop[pr, pi]
-        def row_max(m):
-            m = np.where(np.isfinite(m), m, -np.inf).max(axis=1) if m.shape[1] else np.zeros(len(m))
-            return np.where(np.isfinite(m), m, np.nan)
-
+            since_first[bi] = np.searchsorted(self.inv_key, q, side="right") - h.inv_indptr[cust]
+        in_e = self.ease_pos[pi] >= 0
+        als_v = als[pr, pi].astype(np.float64)
+        ease_v = ease[pr, pi].astype(np.float64)
+        cop_v = cop[pr, pi].astype(np.float64)
         with np.errstate(all="ignore"):
-            als_max, ease_max, cop_max = row_max(als), row_max(ease), row_max(cop)
+            als_max = als.max(axis=1).astype(np.float64) if n_i else np.zeros(nb)
+            ease_max = E.max(axis=1).astype(np.float64) if E.shape[1] else np.full(nb, np.nan)
+            cop_max = np.maximum(cop.max(axis=1), 0).astype(np.float64) if n_i else np.zeros(nb)
+            unseen = ~b
+            trend_u = np.where(unseen, global_unseen_rank(trend_order, n_i, seen, pr, pi), np.nan)
+            pop_u = np.where(unseen, global_unseen_rank(pop_order, n_i, seen, pr, pi), np.nan)
             pair = np.column_stack([
                 b.astype(np.float64), n_ci, np.log1p(qty), fa, la, interval, la / interval,
                 n_ci / c_orders, n_ci / since_first, la - c_last,
-                als_v, als_r[pr, pi], als_u[pr, pi], als_v / als_max[pr],
-                ease_v, ease_r[pr, pi], ease_u[pr, pi], ease_v / ease_max[pr],
-                cop_v, cop_r[pr, pi], cop_u[pr, pi], cop_v / cop_max[pr],
-                trend_u[pr, pi], pop_u[pr, pi],
+                als_v, als_all[pr, pi], np.where(unseen, rank_table(shape, als_top, cap)[pr, pi], np.nan),
+                als_v / als_max[pr],
+                ease_v, np.where(in_e, ease_all[pr, pi], np.nan),
+                np.where(in_e & unseen, rank_table(shape, ease_top, cap)[pr, pi], np.nan), ease_v / ease_max[pr],
+                cop_v, cop_all[pr, pi], np.where(unseen & (cop_v > 0), rank_table(shape, cop_top, cap)[pr, pi], np.nan),
+                cop_v / cop_max[pr],
+                np.minimum(trend_u, cap), np.minimum(pop_u, cap),
             ])
         pair[~np.isfinite(pair)] = np.nan
         feats = np.hstack([pair, cf, self.item_feat[pi].astype(np.float64)])
-        # prior: the order the sources alone would give (ties of the ranker fall back to it)
-        return {"pair_row": pr, "item": pi, "X": feats, "source": source[pr, pi], "prior": best_key[pr, pi]}
+        return {"pair_row": pr, "item": pi, "X": feats, "source": source, "prior": prior}
 
     # ---- reasons
     def reasons(self, row: int, items: np.ndarray, sources: np.ndarray) -> list[dict]:
@@ -402,3 +418,4 @@ class Sources:
             for q, b in zip(sel, best):
                 out[q] = {"anchor_item": str(h.items[mine[b]])}
         return out
+

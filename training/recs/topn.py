@@ -1,0 +1,144 @@
+"""Top-N selection for a block of customers, without sorting whole rows.
+
+A candidate source scores every item for a customer, but only its first few hundred items matter:
+they nominate candidates and give the ranker their rank. These helpers select the first ``cap``
+entries of each row (by decreasing score, ties: lower column first, exactly as a stable sort of the
+whole row would) with a partition, and return them as ``(row, column, rank)`` triples, so that
+nothing per block is sorted over the whole catalogue. A block is at most a few million
+(customer, item) entries, whatever the shop's size.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
+
+import numpy as np
+
+T = TypeVar("T")
+
+
+def pair_keys(rows: np.ndarray, cols: np.ndarray, n_cols: int) -> np.ndarray:
+    return np.asarray(rows, np.int64) * np.int64(n_cols) + np.asarray(cols, np.int64)
+
+
+def rank_table(shape: tuple[int, int], selected: tuple[np.ndarray, np.ndarray, np.ndarray], missing: float) -> np.ndarray:
+    """A block's ranks as a dense table (float32), ``missing`` where nothing was selected."""
+    table = np.full(shape, missing, np.float32)
+    rows, cols, ranks = selected
+    table[rows, cols] = ranks
+    return table
+
+
+def top_dense(scores: np.ndarray, cap: int, exclude: tuple[np.ndarray, np.ndarray] | None = None
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The first ``cap`` finite entries of each row of a dense block, by decreasing score (ties:
+    lower column first), as ``(rows, cols, ranks)`` sorted by row then rank. ``exclude``: (rows,
+    cols) of entries that take no part (their rank is not counted for the others either)."""
+    n_rows, n_cols = scores.shape
+    k = min(int(cap), n_cols)
+    if k <= 0 or n_rows == 0:
+        empty = np.zeros(0, np.int64)
+        return empty, empty, empty
+    s = np.where(np.isfinite(scores), scores, -np.inf)
+    if exclude is not None and len(exclude[0]):
+        s[exclude[0], exclude[1]] = -np.inf
+    # the k-th largest score of each row: everything above it is in, ties with it by column order
+    kth = -np.partition(-s, k - 1, axis=1)[:, k - 1:k]
+    above = s > kth
+    tied = s == kth
+    room = k - above.sum(axis=1)
+    chosen = above | tied
+    crowded = np.flatnonzero(tied.sum(axis=1) > room)  # more ties than room: the lower columns
+    if len(crowded):
+        t = tied[crowded]
+        chosen[crowded] = above[crowded] | (t & (np.cumsum(t, axis=1) <= room[crowded, None]))
+    chosen &= s > -np.inf
+    rows, cols = np.nonzero(chosen)  # row, then column order
+    counts = np.bincount(rows, minlength=n_rows)
+    if (counts == k).all():  # the usual case: k per row, sorted row by row (stable: lower column first)
+        c2 = cols.reshape(n_rows, k)
+        order = np.argsort(-np.take_along_axis(s, c2, axis=1), axis=1, kind="stable")
+        cols = np.take_along_axis(c2, order, axis=1).ravel()
+    else:
+        order = np.lexsort((cols, -s[rows, cols], rows))
+        rows, cols = rows[order], cols[order]
+    starts = np.cumsum(counts) - counts
+    ranks = np.arange(len(rows)) - starts[rows]
+    return rows.astype(np.int64), cols.astype(np.int64), ranks.astype(np.int64)
+
+
+def contains(sorted_keys: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """Whether each key is in ``sorted_keys``."""
+    if len(sorted_keys) == 0:
+        return np.zeros(len(keys), bool)
+    pos = np.minimum(np.searchsorted(sorted_keys, keys), len(sorted_keys) - 1)
+    return sorted_keys[pos] == keys
+
+
+def _global_positions(order: np.ndarray, n_cols: int) -> np.ndarray:
+    g = np.full(n_cols, -1, np.int64)
+    g[order] = np.arange(len(order))
+    return g
+
+
+def top_global(order: np.ndarray, n_cols: int, seen: tuple[np.ndarray, np.ndarray], n_rows: int, n: int
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The first ``n`` items of one global ``order`` (the same scores for every row) that each row
+    has not ``seen`` (rows, cols), as ``(rows, cols, ranks among the unseen)``."""
+    if n <= 0 or n_rows == 0 or len(order) == 0:
+        empty = np.zeros(0, np.int64)
+        return empty, empty, empty
+    seen_rows, seen_cols = seen
+    g = _global_positions(order, n_cols)[seen_cols]
+    seen_count = np.bincount(seen_rows[g >= 0], minlength=n_rows)
+    width = min(len(order), n + int(seen_count.max(initial=0)))
+    head_seen = np.zeros((n_rows, width), bool)
+    inside = (g >= 0) & (g < width)
+    head_seen[seen_rows[inside], g[inside]] = True
+    urank = np.cumsum(~head_seen, axis=1) - 1
+    rows, at = np.nonzero(~head_seen & (urank < n))
+    return rows.astype(np.int64), order[at].astype(np.int64), urank[rows, at].astype(np.int64)
+
+
+def global_unseen_rank(order: np.ndarray, n_cols: int, seen: tuple[np.ndarray, np.ndarray],
+                       rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """For pairs (row, col) of items the row has not seen: the item's rank in the global ``order``
+    among the items the row has not ``seen`` (NaN for items outside the order)."""
+    g = _global_positions(order, n_cols)
+    gp = g[np.asarray(cols, np.int64)]
+    seen_rows, seen_cols = seen
+    seen_g = g[seen_cols]
+    inside = seen_g >= 0
+    stride = np.int64(n_cols + 1)
+    seen_keys = np.sort(np.asarray(seen_rows, np.int64)[inside] * stride + seen_g[inside])
+    r = np.asarray(rows, np.int64) * stride
+    ahead = np.searchsorted(seen_keys, r + gp) - np.searchsorted(seen_keys, r)
+    return np.where(gp >= 0, (gp - ahead).astype(np.float64), np.nan)
+
+
+def block_rows(n_items: int, entries: int = 2_000_000) -> int:
+    """Customers per block: a block's dense arrays hold about ``entries`` (customer, item) cells."""
+    return int(min(1024, max(64, entries // max(int(n_items), 1))))
+
+
+def map_blocks(fn: Callable[[np.ndarray], T], rows: np.ndarray, block: int, workers: int | None = None) -> Iterator[T]:
+    """``fn`` of each block of ``rows``, in order, computed by ``workers`` threads (default: the
+    cores this process may use, at most 4). NumPy lets go of the interpreter inside its large
+    operations, so blocks overlap; BLAS keeps one thread per worker, not one per core each."""
+    from threadpoolctl import threadpool_limits
+
+    blocks = [rows[i:i + block] for i in range(0, len(rows), block)]
+    workers = min(4, len(os.sched_getaffinity(0))) if workers is None else workers
+    if workers <= 1 or len(blocks) <= 1:
+        yield from (fn(b) for b in blocks)
+        return
+    with threadpool_limits(1, "blas"), ThreadPoolExecutor(workers) as pool:
+        pending = [pool.submit(fn, b) for b in blocks[:2 * workers]]
+        for nxt in blocks[2 * workers:] + [None] * min(len(blocks), 2 * workers):
+            done = pending.pop(0).result()
+            if nxt is not None:
+                pending.append(pool.submit(fn, nxt))
+            yield done
