@@ -453,3 +453,20 @@ def test_candidates_do_not_depend_on_the_rank_cap_but_their_capped_ranks(cluster
         assert np.nanmax(capped["X"][:, rank_cols]) == 20 < np.nanmax(full["X"][:, rank_cols])
         np.testing.assert_array_equal(np.minimum(full["X"][:, rank_cols], 20), capped["X"][:, rank_cols])
 
+
+def test_a_fit_reuses_an_earlier_fits_sources_and_gives_the_same_lists(cluster) -> None:
+    """The holdout candidate (fitted before as_of - label_days) holds the sources of the registered
+    model's first training window: reusing them changes nothing but the time."""
+    lines, _, _ = cluster
+    as_of = pd.Timestamp(AS_OF, tz="UTC")
+    early_as_of = as_of - pd.Timedelta(days=FAST["label_days"])
+    early = Recommender(**FAST).fit(lines[lines["invoice_ts"] < early_as_of], early_as_of)
+    fresh = Recommender(**FAST).fit(lines, AS_OF)
+    reused = Recommender(**FAST).fit(lines, AS_OF, fitted=early)
+    other = Recommender(**{**FAST, "n_als": 5}).fit(lines, AS_OF, fitted=early)
+    assert (fresh.fit_info["windows_reused"], reused.fit_info["windows_reused"], other.fit_info["windows_reused"]) == (0, 1, 0)
+    customers = sorted(set(lines["customer_id"]))
+    for new_only in (False, True):
+        a = fresh.recommend(customers, k=10, new_only=new_only)
+        b = reused.recommend(customers, k=10, new_only=new_only)
+        pd.testing.assert_frame_equal(a, b)

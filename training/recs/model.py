@@ -38,6 +38,7 @@ from patron.training.recs.base import (
 from patron.training.recs.history import History, product_lines
 from patron.training.recs.params import RecParams
 from patron.training.recs.sources import FEATURES, PAIR_FEATURES, SOURCES, Sources
+from patron.training.recs.topn import block_rows, map_blocks
 from patron.training.trees import TreeEnsemble
 
 PRECOMPUTED = 50  # list length saved per customer with the model
@@ -113,21 +114,24 @@ class Recommender(RecommenderBase):
         pass
 
     # ---- training
-    def _training_set(self, lines: pd.DataFrame, t_train: dt.datetime, t_end: dt.datetime):
-        """Candidates as of t_train (sources fitted on lines before it), labelled with the purchases
-        in [t_train, t_end), for the customers who bought anything then."""
-        src = Sources.build(lines, t_train, self.params)
+    def _training_set(self, lines: pd.DataFrame, t_train: dt.datetime, t_end: dt.datetime, src: Sources | None = None):
+        """Candidates as of t_train (sources fitted on lines before it, unless given), labelled with
+        the purchases in [t_train, t_end), for the customers who bought anything then."""
+        src = src if src is not None else Sources.build(lines, t_train, self.params)
         y_all = _labels(lines, t_train, t_end, src.h)
         active = np.flatnonzero(np.diff(y_all.indptr) > 0)
         if len(active) > self.params.rk_max_customers:  # whole customers, the same ones on every run
             rng = np.random.default_rng([self.params.seed, int(t_train.timestamp())])
             active = np.sort(rng.choice(active, self.params.rk_max_customers, replace=False))
         Xs, ys, groups = [np.zeros((0, len(FEATURES)))], [np.zeros(0)], [np.zeros(0, np.int64)]
-        for start in range(0, len(active), 256):
-            rows = active[start:start + 256]
+
+        def labelled(rows):
             c = src.candidates(rows, new_only=False)
-            y = y_all[rows].toarray()[c["pair_row"], c["item"]]
-            Xs.append(c["X"]); ys.append(y); groups.append(rows[c["pair_row"]])
+            return c["X"].astype(np.float32), y_all[rows].toarray()[c["pair_row"], c["item"]], rows[c["pair_row"]]
+
+        src.warm()
+        for x, y, g in map_blocks(labelled, active, block_rows(src.h.n_items)):
+            Xs.append(x); ys.append(y); groups.append(g)
         X = np.vstack(Xs).astype(np.float32)
         y = np.concatenate(ys).astype(np.int8)
         g = np.concatenate(groups)
@@ -157,7 +161,10 @@ class Recommender(RecommenderBase):
             clf.fit(Xk, y[keep])
         return TreeEnsemble.from_sklearn(clf)
 
-    def fit(self, lines: pd.DataFrame, as_of) -> Self:
+    def fit(self, lines: pd.DataFrame, as_of, fitted: "Recommender | None" = None) -> Self:
+        """Fit on the lines before ``as_of``. ``fitted``: a recommender with the same parameters
+        fitted on the same lines before an earlier date; where that date is one of this fit's
+        training windows, its sources are reused instead of fitted again."""
         as_of = to_utc(as_of)
         p = self.params
         t_start = time.perf_counter()
@@ -166,12 +173,15 @@ class Recommender(RecommenderBase):
             raise ValueError(f"no order lines with a product before {as_of:%Y-%m-%d}")
         t_train = as_of - dt.timedelta(days=p.label_days)
         windows = list(dict.fromkeys([(p.label_days, p.label_days)] + [tuple(w) for w in p.extra_windows]))
-        parts = []
+        parts, reused = [], 0
         for j, (off, span) in enumerate(windows):
             t0 = as_of - dt.timedelta(days=off)
             if not (lines["invoice_ts"] < pd.Timestamp(t0)).any():
                 continue
-            X, y, g, _ = self._training_set(lines, t0, min(t0 + dt.timedelta(days=span), as_of))
+            reuse = (fitted.sources if fitted is not None and fitted.sources is not None and fitted.params == p
+                     and fitted.sources.h.as_of == t0 else None)
+            reused += reuse is not None
+            X, y, g, _ = self._training_set(lines, t0, min(t0 + dt.timedelta(days=span), as_of), reuse)
             if len(y):
                 parts.append((X, y, g + j * (1 << 40)))
         if parts:
@@ -191,7 +201,7 @@ class Recommender(RecommenderBase):
         t_end = time.perf_counter()
         self.fit_info = {
             "train_as_of": t_train.isoformat(), "train_rows": int(len(y)), "train_positives": int(y.sum()),
-            "train_customers": int(len(np.unique(g))), "train_windows": len(parts),
+            "train_customers": int(len(np.unique(g))), "train_windows": len(parts), "windows_reused": reused,
             "rankers_trained": {k: len(r.offsets) > 1 for k, r in self.rankers.items()},
             "seconds_training_set": round(t_cand - t_start, 2), "seconds_rankers": round(t_rank - t_cand, 2),
             "seconds_sources": round(t_end - t_rank, 2),
@@ -204,25 +214,28 @@ class Recommender(RecommenderBase):
             raise NotFittedError("Recommender is not fitted: call fit() or load()")
         return self.sources
 
-    def _rank(self, rows: np.ndarray, k: int, new_only: bool, block: int = 256) -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    def _rank(self, rows: np.ndarray, k: int, new_only: bool, block: int | None = None) -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """Ranked candidates of known customer rows: row -> (item indices, scores, source codes), at most k."""
         src = self._check_model()
         ranker = self.rankers["discovery" if new_only else "repeat"]
         cols = [FEATURES.index(f) for f in (DISCOVERY_FEATURES if new_only else REPEAT_FEATURES)]
         out: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
-        uniq_rows = np.unique(rows[rows >= 0])
-        for start in range(0, len(uniq_rows), block):
-            r = uniq_rows[start:start + block]
+
+        def ranked(r):
             c = src.candidates(r, new_only)
             score = ranker.predict_proba(c["X"][:, cols]) if len(c["item"]) else np.zeros(0)
             order = np.lexsort((c["item"], c["prior"], -np.round(score, 12), c["pair_row"]))
             bounds = np.searchsorted(c["pair_row"][order], np.arange(len(r) + 1))
-            for j, row in enumerate(r):
-                sel = order[bounds[j]:bounds[j + 1]][:k]
-                out[int(row)] = (c["item"][sel].astype(np.int64), score[sel], c["source"][sel].astype(np.int64))
+            return r, [(c["item"][sel].astype(np.int64), score[sel], c["source"][sel].astype(np.int64))
+                       for sel in (order[bounds[j]:bounds[j + 1]][:k] for j in range(len(r)))]
+
+        uniq_rows = np.unique(rows[rows >= 0])
+        src.warm()
+        for r, lists in map_blocks(ranked, uniq_rows, block or block_rows(src.h.n_items)):
+            out.update(zip(r.tolist(), lists))
         return out
 
-    def precompute(self, k: int = PRECOMPUTED, block: int = 256) -> None:
+    def precompute(self, k: int = PRECOMPUTED, block: int | None = None) -> None:
         """Rank both lists of every known customer once, to be saved with the model: serving and the
         batch export then read them instead of scoring candidates per request. Short lists are
         topped up with popular items, as :meth:`recommend` does."""
@@ -261,7 +274,7 @@ class Recommender(RecommenderBase):
         n = int((items[row] >= 0).sum())
         return items[row, :n], scores[row, :n], codes[row, :n]
 
-    def recommend(self, customer_ids: Iterable, k: int = 20, new_only: bool = False, block: int = 256) -> pd.DataFrame:
+    def recommend(self, customer_ids: Iterable, k: int = 20, new_only: bool = False, block: int | None = None) -> pd.DataFrame:
         """Top-k per customer. ``new_only``: the discovery list (items the customer never bought)."""
         src = self._check_model()
         h = src.h

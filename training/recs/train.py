@@ -73,6 +73,7 @@ def train_recommender(spec: TrainSpec) -> TrainResult:
         metrics: dict[str, float] = {}
         baselines: dict[str, dict[str, float]] = {}
         champion_scorer = None
+        candidate = None
         if before["customer_id"].nunique() < 10:
             notes.append(f"too little history before {holdout.date()} for a holdout; recommender trained without one")
         else:
@@ -95,7 +96,8 @@ def train_recommender(spec: TrainSpec) -> TrainResult:
             def champion_scorer(directory: Path) -> float:
                 return _scores(Recommender.load(directory), lines, holdout, spec.horizon_days)["recall_at_20"]
 
-        model = Recommender(label_days=spec.horizon_days).fit(lines, spec.as_of)
+        # the holdout candidate's sources are the registered model's first training window
+        model = Recommender(label_days=spec.horizon_days).fit(lines, spec.as_of, fitted=candidate)
         _attach_session_model(model, spec, notes)
         t0 = time.perf_counter()
         model.precompute()  # both lists of every customer, saved with the model for serving and export
