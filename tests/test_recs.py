@@ -264,8 +264,8 @@ def test_contract_and_save_load_round_trip(fitted, cluster, tmp_path, name):
         assert recs["reason_data"].map(lambda d: isinstance(d, dict) and json.loads(json.dumps(d)) == d).all()
     path = model.save(tmp_path / name)
     assert not list(path.glob("*.pkl")) and not list(path.glob("*.pickle"))
-    with np.load(path / "arrays.npz", allow_pickle=False) as z:
-        assert all(z[k].dtype != object for k in z.files)
+    files = sorted((path / "arrays").glob("*.npy"))
+    assert files and all(np.load(f, allow_pickle=False).dtype != object for f in files)
     again = load_model(path)
     assert type(again) is type(model) and again.get_params() == json.loads(json.dumps(model.get_params()))
     for new_only in (False, True):
@@ -278,6 +278,29 @@ def test_contract_and_save_load_round_trip(fitted, cluster, tmp_path, name):
         load_model(path)
     with pytest.raises(FormatVersionError, match="format version"):
         type(model).load(path)
+
+
+def test_arrays_are_memory_mapped_and_the_previous_format_still_loads(fitted, tmp_path):
+    """Format 2 maps each array from its own file (service workers share the pages); a format-1
+    directory (one arrays.npz) loads into memory with the same lists."""
+    import shutil
+
+    model = fitted["recommender"]
+    path = model.save(tmp_path / "v2")
+    again = load_model(path)
+    assert isinstance(again.sources.U.base, np.memmap) and isinstance(again.sources.h.indices.base, np.memmap)
+    old = tmp_path / "v1"
+    shutil.copytree(path, old)
+    np.savez(old / "arrays.npz", **{f.stem: np.load(f) for f in (old / "arrays").glob("*.npy")})
+    shutil.rmtree(old / "arrays")
+    meta = json.loads((old / "meta.json").read_text())
+    (old / "meta.json").write_text(json.dumps({**meta, "format_version": 1}))
+    v1 = load_model(old)
+    assert not isinstance(v1.sources.U.base, np.memmap)
+    customers = [1, 2, 101, 999_999]
+    for new_only in (False, True):
+        pd.testing.assert_frame_equal(again.recommend(customers, k=5, new_only=new_only),
+                                      v1.recommend(customers, k=5, new_only=new_only))
 
 
 def test_recommender_extra_lists_survive_save_load(fitted, tmp_path):

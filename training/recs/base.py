@@ -14,8 +14,11 @@ customer never bought before ``as_of`` are listed. Unknown customers get the pop
 Scores are comparable within a source only.
 
 Models are saved as data, never as pickles: ``meta.json`` (format name and version, kind, parameters,
-``as_of``, the item index), numpy arrays in ``arrays.npz`` (loaded with ``allow_pickle=False``) and
-tables as Parquet. A directory written by another format version is refused.
+``as_of``, the item index), numpy arrays as one ``.npy`` file each in ``arrays/`` (loaded with
+``allow_pickle=False`` and memory-mapped: every service worker shares one copy of the per-customer
+arrays through the page cache, instead of each holding its own) and tables as Parquet. Format
+version 1 (the arrays in one ``arrays.npz``, read into memory) still loads; another format
+version is refused.
 
 Customers are indexed internally in the order of their first invoice (time, then invoice number),
 not by id, so that renaming customers does not change any result.
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import shutil
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from pathlib import Path
@@ -37,9 +41,11 @@ from patron.training.formats import check_format
 from patron.training.recs.history import History
 
 FORMAT_NAME = "patron-recs"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 META_FILE = "meta.json"
-ARRAYS_FILE = "arrays.npz"
+ARRAYS_DIR = "arrays"  # one .npy per array (format 2)
+ARRAYS_NPZ = "arrays.npz"  # format 1
 REC_COLUMNS = ["customer_id", "rank", "item_id", "score", "source", "reason_data"]
 # every recommender class by its saved ``kind``: how load_model finds the class of a directory
 KINDS: dict[str, type["RecommenderBase"]] = {}
@@ -66,21 +72,37 @@ def read_meta(directory: Path, kind: str | None = None) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"{directory} is not a saved recommender: no {META_FILE}")
     meta = json.loads(path.read_text())
-    check_format(meta, directory, FORMAT_NAME, FORMAT_VERSION, FormatVersionError)
+    check_format(meta, directory, FORMAT_NAME, READABLE_VERSIONS, FormatVersionError)
     if kind is not None and meta.get("kind") != kind:
         raise FormatVersionError(f"{directory} holds a {meta.get('kind')!r} model, not {kind!r}")
     return meta
 
 
-def save_arrays(path: Path, arrays: dict[str, np.ndarray]) -> None:
+def save_arrays(directory: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Each array as ``arrays/<name>.npy`` in a model directory (replacing what was there)."""
     for name, a in arrays.items():
         if np.asarray(a).dtype == object:
             raise TypeError(f"array {name!r} has dtype object; it would need a pickle")
-    np.savez(path, **arrays)
+        if not name.replace("_", "").isalnum():
+            raise ValueError(f"array name {name!r} is not a plain identifier")
+    folder = Path(directory) / ARRAYS_DIR
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    for name, a in arrays.items():
+        np.save(folder / f"{name}.npy", np.ascontiguousarray(a), allow_pickle=False)
+    (Path(directory) / ARRAYS_NPZ).unlink(missing_ok=True)
 
 
-def load_arrays(path: Path) -> dict[str, np.ndarray]:
-    with np.load(path, allow_pickle=False) as z:
+def load_arrays(directory: Path) -> dict[str, np.ndarray]:
+    """The arrays of a model directory: memory-mapped read-only (format 2), or read (format 1)."""
+    folder = Path(directory) / ARRAYS_DIR
+    if folder.is_dir():
+        return {p.stem: np.load(p, mmap_mode="r", allow_pickle=False).view(np.ndarray) for p in sorted(folder.glob("*.npy"))}
+    npz = Path(directory) / ARRAYS_NPZ
+    if not npz.is_file():
+        raise FileNotFoundError(f"{directory} is not a saved recommender: no {ARRAYS_DIR}/ nor {ARRAYS_NPZ}")
+    with np.load(npz, allow_pickle=False) as z:
         return {k: z[k] for k in z.files}
 
 
@@ -191,7 +213,7 @@ class RecommenderBase(ABC):
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         arrays = {**h.to_arrays(), **self._state_arrays()}
-        save_arrays(directory / ARRAYS_FILE, arrays)
+        save_arrays(directory, arrays)
         self._save_tables(directory)
         write_meta(directory, self.kind, self.get_params(), as_of=h.as_of.isoformat(),
                    n_customers=h.n_customers, n_items=h.n_items, **self._extra_meta())
@@ -207,7 +229,7 @@ class RecommenderBase(ABC):
     def load(cls, directory: Path) -> Self:
         directory = Path(directory)
         meta = read_meta(directory, cls.kind)
-        arrays = load_arrays(directory / ARRAYS_FILE)
+        arrays = load_arrays(directory)
         model = cls(**meta["params"])
         model.history = History.from_arrays(arrays, dt.datetime.fromisoformat(meta["as_of"]))
         model._set_state(arrays, meta, directory)

@@ -12,6 +12,7 @@ and evaluated by :class:`~patron.training.trees.TreeEnsemble`.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import time
 from collections.abc import Iterable
 from dataclasses import asdict, fields
@@ -24,7 +25,6 @@ import scipy.sparse as sp
 
 from patron.times import to_utc
 from patron.training.recs.base import (
-    ARRAYS_FILE,
     NotFittedError,
     RecommenderBase,
     build_frame,
@@ -40,6 +40,8 @@ from patron.training.recs.params import RecParams
 from patron.training.recs.sources import FEATURES, PAIR_FEATURES, SOURCES, Sources
 from patron.training.recs.topn import block_rows, map_blocks
 from patron.training.trees import TreeEnsemble
+
+log = logging.getLogger(__name__)
 
 PRECOMPUTED = 50  # list length saved per customer with the model
 SESSION_WEIGHT = 0.75  # of the session model in an anonymous basket's scores (chosen on May 2011)
@@ -117,7 +119,10 @@ class Recommender(RecommenderBase):
     def _training_set(self, lines: pd.DataFrame, t_train: dt.datetime, t_end: dt.datetime, src: Sources | None = None):
         """Candidates as of t_train (sources fitted on lines before it, unless given), labelled with
         the purchases in [t_train, t_end), for the customers who bought anything then."""
+        t0 = time.perf_counter()
         src = src if src is not None else Sources.build(lines, t_train, self.params)
+        log.info("sources as of %s: %d customers x %d items, fitted in %.0f s", f"{t_train:%Y-%m-%d}",
+                 src.h.n_customers, src.h.n_items, time.perf_counter() - t0)
         y_all = _labels(lines, t_train, t_end, src.h)
         active = np.flatnonzero(np.diff(y_all.indptr) > 0)
         if len(active) > self.params.rk_max_customers:  # whole customers, the same ones on every run
@@ -231,8 +236,13 @@ class Recommender(RecommenderBase):
 
         uniq_rows = np.unique(rows[rows >= 0])
         src.warm()
+        step, done = max(len(uniq_rows) // 10, 50_000), 0
         for r, lists in map_blocks(ranked, uniq_rows, block or block_rows(src.h.n_items)):
             out.update(zip(r.tolist(), lists))
+            if (done + len(r)) // step > done // step:
+                log.info("%s lists: %d of %d customers ranked", "discovery" if new_only else "repeat",
+                         done + len(r), len(uniq_rows))
+            done += len(r)
         return out
 
     def precompute(self, k: int = PRECOMPUTED, block: int | None = None) -> None:
@@ -408,7 +418,7 @@ class Recommender(RecommenderBase):
         src = self._check_model()
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        save_arrays(directory / ARRAYS_FILE, self._state_arrays())
+        save_arrays(directory, self._state_arrays())
         if self.session is not None:
             self.session.save(directory / SESSION_DIR)
         write_meta(directory, self.kind, self.get_params(), as_of=src.h.as_of.isoformat(),
@@ -422,7 +432,7 @@ class Recommender(RecommenderBase):
         if (list(meta.get("features", [])) != list(FEATURES) or meta.get("repeat_features") != list(REPEAT_FEATURES)
                 or meta.get("discovery_features") != list(DISCOVERY_FEATURES)):
             raise ValueError(f"{directory}: the saved feature list differs from this code's; retrain the model")
-        arrays = load_arrays(directory / ARRAYS_FILE)
+        arrays = load_arrays(directory)
         model = cls(**meta["params"])
         as_of = dt.datetime.fromisoformat(meta["as_of"])
         model.sources = Sources.from_arrays(arrays, "s_", as_of, model.params)
