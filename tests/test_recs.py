@@ -493,3 +493,26 @@ def test_a_fit_reuses_an_earlier_fits_sources_and_gives_the_same_lists(cluster) 
         a = fresh.recommend(customers, k=10, new_only=new_only)
         b = reused.recommend(customers, k=10, new_only=new_only)
         pd.testing.assert_frame_equal(a, b)
+
+
+def test_baselines_fitted_on_the_candidates_history_equal_baselines_fitted_on_the_lines(fitted, cluster) -> None:
+    from patron.training.recs.train import _baselines
+
+    lines, _, _ = cluster
+    model = fitted["recommender"]
+    customers = sorted(set(lines["customer_id"])) + [999_999]
+    shared = _baselines(model)
+    assert set(shared) == {"popularity", "buy_again", "ease", "als"}
+    for name, baseline in shared.items():
+        assert baseline.history is model.sources.h
+        own = type(baseline)().fit(lines, AS_OF)
+        for new_only in (False, True):
+            pd.testing.assert_frame_equal(baseline.recommend(customers, k=8, new_only=new_only),
+                                          own.recommend(customers, k=8, new_only=new_only))
+    # ALS with the candidate's settings takes its factors as they are: the same as fitting them again
+    p = model.params
+    als = ALSRecommender(factors=p.als_factors, regularization=p.als_regularization, alpha=p.als_alpha,
+                         iterations=p.als_iterations, seed=p.seed)
+    reused = als.fit_history(model.sources.h, factors=(model.sources.U, model.sources.V))
+    refit = ALSRecommender(**als.get_params()).fit(lines, AS_OF)
+    pd.testing.assert_frame_equal(reused.recommend(customers, k=8), refit.recommend(customers, k=8))

@@ -187,6 +187,11 @@ class RecommenderBase(ABC):
     def fit(self, lines: pd.DataFrame, as_of) -> Self:
         """Learn from the lines strictly before ``as_of`` (later lines are ignored)."""
 
+    def fit_history(self, h: History) -> Self:
+        """Learn from a history already built (:meth:`History.from_lines`): the same as
+        :meth:`fit` on its lines, without building it again."""
+        raise NotImplementedError(f"{type(self).__name__} fits from lines only")
+
     @abstractmethod
     def recommend(self, customer_ids: Iterable, k: int = 20, new_only: bool = False) -> pd.DataFrame:
         """Top-k lists (columns :data:`REC_COLUMNS`); ``new_only``: items the customer never bought."""

@@ -33,7 +33,10 @@ class PopularityRecommender(RecommenderBase):
         return self.days
 
     def fit(self, lines: pd.DataFrame, as_of) -> Self:
-        self.history = History.from_lines(lines, as_of)
+        return self.fit_history(History.from_lines(lines, as_of))
+
+    def fit_history(self, h: History) -> Self:
+        self.history = h
         return self
 
     def recommend(self, customer_ids: Iterable, k: int = 20, new_only: bool = False) -> pd.DataFrame:
@@ -64,7 +67,10 @@ class BuyAgainRecommender(RecommenderBase):
         return self.popular_days
 
     def fit(self, lines: pd.DataFrame, as_of) -> Self:
-        self.history = History.from_lines(lines, as_of)
+        return self.fit_history(History.from_lines(lines, as_of))
+
+    def fit_history(self, h: History) -> Self:
+        self.history = h
         return self
 
     def recommend(self, customer_ids: Iterable, k: int = 20, new_only: bool = False) -> pd.DataFrame:
@@ -144,7 +150,9 @@ class EASERecommender(RecommenderBase):
         return self.popular_days
 
     def fit(self, lines: pd.DataFrame, as_of) -> Self:
-        h = History.from_lines(lines, as_of)
+        return self.fit_history(History.from_lines(lines, as_of))
+
+    def fit_history(self, h: History) -> Self:
         self.history = h
         X = h.matrix()
         self.cols = ease_columns(h, self.min_buyers)
@@ -212,11 +220,20 @@ class ALSRecommender(RecommenderBase):
         return self.popular_days
 
     def fit(self, lines: pd.DataFrame, as_of) -> Self:
-        h = History.from_lines(lines, as_of)
+        return self.fit_history(History.from_lines(lines, as_of))
+
+    def fit_history(self, h: History, factors: tuple[np.ndarray, np.ndarray] | None = None) -> Self:
+        """Fit on a history; ``factors``: (user, item) factors already fitted on it with this
+        model's parameters (:meth:`same_fit`), used as they are."""
         self.history = h
-        self.user_factors, self.item_factors = fit_als(als_confidence(h, self.alpha), self.factors,
-                                                       self.regularization, self.iterations, self.seed)
+        self.user_factors, self.item_factors = factors if factors is not None else fit_als(
+            als_confidence(h, self.alpha), self.factors, self.regularization, self.iterations, self.seed)
         return self
+
+    def same_fit(self, factors: int, regularization: float, alpha: float, iterations: int, seed: int) -> bool:
+        """Whether ALS with these settings fits the same factors as this model."""
+        return (self.factors, self.regularization, self.alpha, self.iterations, self.seed) == (
+            factors, regularization, alpha, iterations, seed)
 
     def recommend(self, customer_ids: Iterable, k: int = 20, new_only: bool = False) -> pd.DataFrame:
         return self._recommend_dense(customer_ids, k, new_only)

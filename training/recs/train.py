@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 from patron.errors import PatronError
 from patron.training import plots, registry
 from patron.training.data import known_customers, load_lines
-from patron.training.recs.baselines import BASELINES
+from patron.training.recs.baselines import BASELINES, ALSRecommender
 from patron.training.recs.eval import evaluate, evaluate_model, ground_truth, population
 from patron.training.recs.model import Recommender
 from patron.training.spec import TrainResult, TrainSpec, model_card
@@ -82,8 +82,8 @@ def train_recommender(spec: TrainSpec) -> TrainResult:
             mlflow.log_metric("fit_seconds", time.perf_counter() - t0)
             metrics = _scores(candidate, lines, holdout, spec.horizon_days)
             mlflow.log_params({f"model_{k}": v for k, v in candidate.get_params().items()})
-            for name, cls in BASELINES.items():
-                baselines[name] = _scores(cls().fit(before, holdout), lines, holdout, spec.horizon_days)
+            for name, baseline in _baselines(candidate).items():
+                baselines[name] = _scores(baseline, lines, holdout, spec.horizon_days)
                 mlflow.log_metrics({f"baseline_{name}_{k}": v for k, v in baselines[name].items()})
             mlflow.log_metrics({f"holdout_{k}": v for k, v in metrics.items()})
             curves = {}
@@ -118,6 +118,23 @@ def train_recommender(spec: TrainSpec) -> TrainResult:
         )
         mlflow.set_tag("gate_reason", decision.reason)
     return TrainResult("recs", version, decision.promoted, decision.reason, metrics, baselines, notes)
+
+
+def _baselines(candidate: Recommender) -> dict:
+    """Every baseline fitted on the candidate's history (the same lines, built once); ALS takes
+    the candidate's own factors when its settings are the same."""
+    src = candidate.sources
+    assert src is not None
+    p = candidate.params
+    out = {}
+    for name, cls in BASELINES.items():
+        model = cls()
+        if isinstance(model, ALSRecommender) and model.same_fit(p.als_factors, p.als_regularization, p.als_alpha,
+                                                                 p.als_iterations, p.seed):
+            out[name] = model.fit_history(src.h, factors=(src.U, src.V))
+        else:
+            out[name] = model.fit_history(src.h)
+    return out
 
 
 def _attach_session_model(model: Recommender, spec: TrainSpec, notes: list[str]) -> None:
