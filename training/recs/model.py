@@ -219,57 +219,69 @@ class Recommender(RecommenderBase):
             raise NotFittedError("Recommender is not fitted: call fit() or load()")
         return self.sources
 
-    def _rank(self, rows: np.ndarray, k: int, new_only: bool, block: int | None = None) -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        """Ranked candidates of known customer rows: row -> (item indices, scores, source codes), at most k."""
+    def _ranked_blocks(self, rows: np.ndarray, k: int, lists: tuple[str, ...], block: int | None = None):
+        """Yield, block by block of the distinct known rows, ``(rows, {list: [(item indices, scores,
+        source codes) of each row, at most k]})`` for the lists named (``repeat``, ``discovery``).
+        One candidate pass serves both: the discovery list ranks the candidates never bought."""
         src = self._check_model()
-        ranker = self.rankers["discovery" if new_only else "repeat"]
-        cols = [FEATURES.index(f) for f in (DISCOVERY_FEATURES if new_only else REPEAT_FEATURES)]
-        out: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        spec = {name: (self.rankers[name], [FEATURES.index(f) for f in (DISCOVERY_FEATURES if name == "discovery" else REPEAT_FEATURES)])
+                for name in lists}
+        bought = FEATURES.index("bought")
 
         def ranked(r):
-            c = src.candidates(r, new_only)
-            score = ranker.predict_proba(c["X"][:, cols]) if len(c["item"]) else np.zeros(0)
-            order = np.lexsort((c["item"], c["prior"], -np.round(score, 12), c["pair_row"]))
-            bounds = np.searchsorted(c["pair_row"][order], np.arange(len(r) + 1))
-            return r, [(c["item"][sel].astype(np.int64), score[sel], c["source"][sel].astype(np.int64))
-                       for sel in (order[bounds[j]:bounds[j + 1]][:k] for j in range(len(r)))]
+            c = src.candidates(r, new_only=lists == ("discovery",))
+            out = {}
+            for name, (ranker, cols) in spec.items():
+                keep = np.flatnonzero(c["X"][:, bought] == 0) if name == "discovery" else np.arange(len(c["item"]))
+                score = ranker.predict_proba(c["X"][np.ix_(keep, cols)]) if len(keep) else np.zeros(0)
+                item, prior, pair_row, source = (c[key][keep] for key in ("item", "prior", "pair_row", "source"))
+                order = np.lexsort((item, prior, -np.round(score, 12), pair_row))
+                bounds = np.searchsorted(pair_row[order], np.arange(len(r) + 1))
+                out[name] = [(item[sel].astype(np.int64), score[sel], source[sel].astype(np.int64))
+                             for sel in (order[bounds[j]:bounds[j + 1]][:k] for j in range(len(r)))]
+            return r, out
 
         uniq_rows = np.unique(rows[rows >= 0])
         src.warm()
         step, done = max(len(uniq_rows) // 10, 50_000), 0
-        for r, lists in map_blocks(ranked, uniq_rows, block or block_rows(src.h.n_items)):
-            out.update(zip(r.tolist(), lists))
+        for r, out in map_blocks(ranked, uniq_rows, block or block_rows(src.h.n_items)):
+            yield r, out
             if (done + len(r)) // step > done // step:
-                log.info("%s lists: %d of %d customers ranked", "discovery" if new_only else "repeat",
-                         done + len(r), len(uniq_rows))
+                log.info("%s lists: %d of %d customers ranked", " and ".join(lists), done + len(r), len(uniq_rows))
             done += len(r)
+
+    def _rank(self, rows: np.ndarray, k: int, new_only: bool, block: int | None = None) -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Ranked candidates of known customer rows: row -> (item indices, scores, source codes), at most k."""
+        name = "discovery" if new_only else "repeat"
+        out: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        for r, lists in self._ranked_blocks(rows, k, (name,), block):
+            out.update(zip(r.tolist(), lists[name]))
         return out
 
     def precompute(self, k: int = PRECOMPUTED, block: int | None = None) -> None:
         """Rank both lists of every known customer once, to be saved with the model: serving and the
         batch export then read them instead of scoring candidates per request. Short lists are
-        topped up with popular items, as :meth:`recommend` does."""
+        topped up with popular items, as :meth:`recommend` does. Written block by block into the
+        arrays: nothing per customer is held beyond them."""
         src = self._check_model()
         h = src.h
-        rows = np.arange(h.n_customers)
         pop_order, pop_score = self.popular_products()
         X = h.matrix()
-        self.precomputed = {}
-        for name, new_only in (("repeat", False), ("discovery", True)):
-            ranked = self._rank(rows, k, new_only, block)
-            items = np.full((h.n_customers, k), -1, np.int32)
-            scores = np.zeros((h.n_customers, k), np.float32)
-            codes = np.full((h.n_customers, k), -1, np.int8)
-            for row in rows:
-                il, sl, cl = (list(x) for x in ranked.get(int(row), ([], [], [])))
-                so = [SOURCES[c] for c in cl]
-                if len(il) < k:
-                    seen = set(X.indices[X.indptr[row]:X.indptr[row + 1]].tolist()) if new_only else set()
-                    fill_with_popular(il, sl, so, [{} for _ in il], pop_order, pop_score, k, seen, self.params.popular_days)
-                items[row, :len(il)] = il
-                scores[row, :len(sl)] = sl
-                codes[row, :len(so)] = [SOURCES.index(x) for x in so]
-            self.precomputed[name] = (items, scores, codes)
+        n = h.n_customers
+        out = {name: (np.full((n, k), -1, np.int32), np.zeros((n, k), np.float32), np.full((n, k), -1, np.int8))
+               for name in ("repeat", "discovery")}
+        for r, lists in self._ranked_blocks(np.arange(n), k, ("repeat", "discovery"), block):
+            for name, (items, scores, codes) in out.items():
+                for row, (il, sl, cl) in zip(r.tolist(), lists[name]):
+                    if len(il) < k:
+                        il, sl, so = list(il), list(sl), [SOURCES[c] for c in cl]
+                        seen = set(X.indices[X.indptr[row]:X.indptr[row + 1]].tolist()) if name == "discovery" else set()
+                        fill_with_popular(il, sl, so, [{} for _ in il], pop_order, pop_score, k, seen, self.params.popular_days)
+                        cl = [SOURCES.index(x) for x in so]
+                    items[row, :len(il)] = il
+                    scores[row, :len(sl)] = sl
+                    codes[row, :len(cl)] = cl
+        self.precomputed = out
 
     def popular_products(self, days: float | None = None) -> tuple[np.ndarray, np.ndarray]:
         """The popular list over ``days`` (default ``popular_days``): :meth:`History.popular_order`."""
