@@ -516,3 +516,11 @@ def test_baselines_fitted_on_the_candidates_history_equal_baselines_fitted_on_th
     reused = als.fit_history(model.sources.h, factors=(model.sources.U, model.sources.V))
     refit = ALSRecommender(**als.get_params()).fit(lines, AS_OF)
     pd.testing.assert_frame_equal(reused.recommend(customers, k=8), refit.recommend(customers, k=8))
+
+
+def test_extra_training_windows_only_while_a_window_brings_fewer_customers_than_the_cap(cluster) -> None:
+    lines, _, _ = cluster
+    windows = {**FAST, "extra_windows": ((20, 20), (10, 10))}
+    assert Recommender(**windows).fit(lines, AS_OF).fit_info["train_windows"] == 3
+    capped = Recommender(**{**windows, "rk_max_customers": 5}).fit(lines, AS_OF)
+    assert (capped.fit_info["train_windows"], capped.fit_info["train_customers"]) == (1, 5)

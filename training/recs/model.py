@@ -189,6 +189,10 @@ class Recommender(RecommenderBase):
             X, y, g, _ = self._training_set(lines, t0, min(t0 + dt.timedelta(days=span), as_of), reuse)
             if len(y):
                 parts.append((X, y, g + j * (1 << 40)))
+            if len(np.unique(g)) >= p.rk_max_customers:
+                # the window alone brings as many customers as the rankers learn from: the extra,
+                # shorter windows (for shops with few buyers per window) would only add fitting time
+                break
         if parts:
             X = np.vstack([q[0] for q in parts])
             y = np.concatenate([q[1] for q in parts])

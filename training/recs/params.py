@@ -34,7 +34,7 @@ class RecParams:
     ease_min_buyers: int = 3
     ease_tau: float = 90.0
     # extra training windows for the rankers, (days before as_of, label days), besides
-    # (label_days, label_days)
+    # (label_days, label_days); not used when a window alone brings rk_max_customers customers
     extra_windows: tuple = ((61, 61), (30, 30))
     # ranker
     rk_max_iter: int = 150
