@@ -9,6 +9,7 @@ state: time from start to ready, resident memory of the server's processes once 
     python benchmarks/scale.py --size M            # 100,000 customers, 10,000 products, 365 days
     python benchmarks/scale.py --size L --runs 1   # 1,000,000 customers, 50,000 products
     python benchmarks/scale.py --customers 20000 --products 2000 --days 365 --raw /tmp/shop
+    python benchmarks/scale.py --service-only HOME  # the service alone, on a state already trained
 
 The shop is written once per size (`patron synth`, seed 0) and kept in --raw for the next runs.
 Results print as JSON and as the Markdown table of docs/benchmarks.md.
@@ -78,9 +79,13 @@ def service(home: Path, seconds: float) -> dict:
                 for c in ids]
         latency = measure(port, reqs, connections=8, seconds=seconds, runs=1)
         procs = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
-        rss = {p.pid: p.memory_info().rss / 2**20 for p in procs if p.is_running()}
-        return {"ready_s": ready_s, "rss_total_mib": sum(rss.values()), "rss_largest_process_mib": max(rss.values()),
-                "processes": len(rss), **latency}
+        # resident (rss) counts the model files' mapped pages in every process that touched them;
+        # proportional (pss) shares them out, private (uss) leaves them out
+        mem = {p.pid: p.memory_full_info() for p in procs if p.is_running()}
+        mib = {k: {p: getattr(m, k) / 2**20 for p, m in mem.items()} for k in ("rss", "pss", "uss")}
+        return {"ready_s": ready_s, "rss_total_mib": sum(mib["rss"].values()), "pss_total_mib": sum(mib["pss"].values()),
+                "rss_largest_process_mib": max(mib["rss"].values()), "uss_largest_process_mib": max(mib["uss"].values()),
+                "processes": len(mem), **latency}
     finally:
         stop(proc)
 
@@ -95,7 +100,13 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path("/tmp/patron-scale"))
     ap.add_argument("--runs", type=int, default=1)
     ap.add_argument("--seconds", type=float, default=15.0, help="length of the latency measurement")
+    ap.add_argument("--service-only", type=Path, metavar="HOME", help="only measure the service on this trained state")
     args = ap.parse_args()
+    if args.service_only:
+        serve = service(args.service_only, args.seconds)
+        print(json.dumps({"machine": machine(), "home": str(args.service_only), "service": serve}, indent=1))
+        print(_service_line(serve))
+        return
     customers, products, days = SIZES[args.size] if args.size else (args.customers, args.products, args.days)
     if not (customers and products and days):
         ap.error("give --size or all of --customers, --products, --days")
@@ -124,9 +135,14 @@ def main() -> None:
     for n, (w, m) in table.items():
         print(f"| {n} | {w / 60:.1f} min | {m / 1024:.2f} GiB |")
     print(f"| **pipeline + export** | **{total_s / 60:.1f} min** | **{result['peak_mib'] / 1024:.2f} GiB** |")
-    print(f"\nservice: ready in {serve['ready_s']:.0f} s, {serve['processes']} processes, {serve['rss_total_mib']:.0f} MiB "
-          f"resident ({serve['rss_largest_process_mib']:.0f} MiB the largest); /recommend at 8 connections: "
-          f"{serve['rps']:.0f} req/s, p50 {serve['p50_ms']:.1f} ms, p99 {serve['p99_ms']:.1f} ms, {serve['errors']} errors")
+    print("\n" + _service_line(serve))
+
+
+def _service_line(serve: dict) -> str:
+    return (f"service: ready in {serve['ready_s']:.0f} s, {serve['processes']} processes, {serve['rss_total_mib']:.0f} MiB "
+            f"resident, {serve['pss_total_mib']:.0f} MiB proportional (largest process {serve['rss_largest_process_mib']:.0f} MiB "
+            f"resident, {serve['uss_largest_process_mib']:.0f} MiB its own); /recommend at 8 connections: "
+            f"{serve['rps']:.0f} req/s, p50 {serve['p50_ms']:.1f} ms, p99 {serve['p99_ms']:.1f} ms, {serve['errors']} errors")
 
 
 if __name__ == "__main__":

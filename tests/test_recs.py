@@ -524,3 +524,18 @@ def test_extra_training_windows_only_while_a_window_brings_fewer_customers_than_
     assert Recommender(**windows).fit(lines, AS_OF).fit_info["train_windows"] == 3
     capped = Recommender(**{**windows, "rk_max_customers": 5}).fit(lines, AS_OF)
     assert (capped.fit_info["train_windows"], capped.fit_info["train_customers"]) == (1, 5)
+
+
+@pytest.mark.parametrize("name", ["recommender", "ease", "buy_again"])
+def test_lists_without_reasons_are_the_same_lists(fitted, name) -> None:
+    model = fitted[name]
+    customers = [1, 2, 101, 999_999]
+    personal = 0
+    for new_only in (False, True):
+        full = model.recommend(customers, k=6, new_only=new_only)
+        bare = model.recommend(customers, k=6, new_only=new_only, reasons=False)
+        pd.testing.assert_frame_equal(full.drop(columns="reason_data"), bare.drop(columns="reason_data"))
+        own = bare[bare["source"] != "popular"]
+        assert (own["reason_data"].map(len) == 0).all()
+        personal += len(own)
+    assert personal > 0

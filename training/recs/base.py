@@ -193,8 +193,9 @@ class RecommenderBase(ABC):
         raise NotImplementedError(f"{type(self).__name__} fits from lines only")
 
     @abstractmethod
-    def recommend(self, customer_ids: Iterable, k: int = 20, new_only: bool = False) -> pd.DataFrame:
-        """Top-k lists (columns :data:`REC_COLUMNS`); ``new_only``: items the customer never bought."""
+    def recommend(self, customer_ids: Iterable, k: int = 20, new_only: bool = False, reasons: bool = True) -> pd.DataFrame:
+        """Top-k lists (columns :data:`REC_COLUMNS`); ``new_only``: items the customer never bought;
+        ``reasons=False``: empty ``reason_data`` (scoring and export need only the lists)."""
 
     @abstractmethod
     def _state_arrays(self) -> dict[str, np.ndarray]: ...
@@ -263,7 +264,8 @@ class RecommenderBase(ABC):
     def _reason(self, row: int, item: int, score: float) -> dict:
         return {}
 
-    def _recommend_dense(self, customer_ids: Iterable, k: int, new_only: bool, block: int = 512) -> pd.DataFrame:
+    def _recommend_dense(self, customer_ids: Iterable, k: int, new_only: bool, block: int = 512,
+                         reasons: bool = True) -> pd.DataFrame:
         h = self._check_fitted()
         ids = np.asarray(list(customer_ids) if not isinstance(customer_ids, np.ndarray) else customer_ids, np.int64)
         rows = h.customer_index(ids)
@@ -285,7 +287,7 @@ class RecommenderBase(ABC):
                     if not np.isfinite(s) or (new_only and i in seen):
                         continue
                     il.append(int(i)); sl.append(float(s)); srl.append(self._source_name())
-                    rl.append(self._reason(int(r[j]), int(i), float(s)))
+                    rl.append(self._reason(int(r[j]), int(i), float(s)) if reasons else {})
                 if new_only and len(il) < k:
                     # the dense top-k may have been used up by seen items: take more
                     cand = np.argsort(-dense[j], kind="stable")
@@ -296,7 +298,7 @@ class RecommenderBase(ABC):
                         if i in seen:
                             continue
                         il.append(int(i)); sl.append(float(dense[j, i])); srl.append(self._source_name())
-                        rl.append(self._reason(int(r[j]), int(i), float(dense[j, i])))
+                        rl.append(self._reason(int(r[j]), int(i), float(dense[j, i])) if reasons else {})
                 if len(il) < k:
                     fill_with_popular(il, sl, srl, rl, pop_order, pop_score, k, seen if new_only else set(), self._popular_days())
                 lists.append(il); scs.append(sl); srcs.append(srl); rsns.append(rl)

@@ -39,8 +39,8 @@ class PopularityRecommender(RecommenderBase):
         self.history = h
         return self
 
-    def recommend(self, customer_ids: Iterable, k: int = 20, new_only: bool = False) -> pd.DataFrame:
-        return self._recommend_dense(customer_ids, k, new_only)
+    def recommend(self, customer_ids: Iterable, k: int = 20, new_only: bool = False, reasons: bool = True) -> pd.DataFrame:
+        return self._recommend_dense(customer_ids, k, new_only, reasons=reasons)
 
     def _dense_scores(self, rows: np.ndarray) -> np.ndarray:
         return np.full((len(rows), self._check_fitted().n_items), -np.inf)  # everything comes from the fill
@@ -73,8 +73,8 @@ class BuyAgainRecommender(RecommenderBase):
         self.history = h
         return self
 
-    def recommend(self, customer_ids: Iterable, k: int = 20, new_only: bool = False) -> pd.DataFrame:
-        return self._recommend_dense(customer_ids, k, new_only)
+    def recommend(self, customer_ids: Iterable, k: int = 20, new_only: bool = False, reasons: bool = True) -> pd.DataFrame:
+        return self._recommend_dense(customer_ids, k, new_only, reasons=reasons)
 
     def _source_name(self) -> str:
         return "buy_again"
@@ -159,8 +159,8 @@ class EASERecommender(RecommenderBase):
         self.B = ease_weights(X[:, self.cols].tocsr(), self.lam)
         return self
 
-    def recommend(self, customer_ids: Iterable, k: int = 20, new_only: bool = False) -> pd.DataFrame:
-        return self._recommend_dense(customer_ids, k, new_only)
+    def recommend(self, customer_ids: Iterable, k: int = 20, new_only: bool = False, reasons: bool = True) -> pd.DataFrame:
+        return self._recommend_dense(customer_ids, k, new_only, reasons=reasons)
 
     def _dense_scores(self, rows: np.ndarray) -> np.ndarray:
         h = self._check_fitted()
@@ -235,8 +235,8 @@ class ALSRecommender(RecommenderBase):
         return (self.factors, self.regularization, self.alpha, self.iterations, self.seed) == (
             factors, regularization, alpha, iterations, seed)
 
-    def recommend(self, customer_ids: Iterable, k: int = 20, new_only: bool = False) -> pd.DataFrame:
-        return self._recommend_dense(customer_ids, k, new_only)
+    def recommend(self, customer_ids: Iterable, k: int = 20, new_only: bool = False, reasons: bool = True) -> pd.DataFrame:
+        return self._recommend_dense(customer_ids, k, new_only, reasons=reasons)
 
     def _dense_scores(self, rows: np.ndarray) -> np.ndarray:
         return (self.user_factors[rows] @ self.item_factors.T).astype(np.float64)

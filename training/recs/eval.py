@@ -143,8 +143,8 @@ def evaluate_model(model, lines: pd.DataFrame, as_of: dt.date | dt.datetime, hor
     pop = population(lines, as_of)
     truth = ground_truth(lines, as_of, horizon_days, new_only=False)
     truth_new = ground_truth(lines, as_of, horizon_days, new_only=True)
-    rec = model.recommend(pop, k=k)
-    disc = model.recommend(pop, k=k, new_only=True)
+    rec = model.recommend(pop, k=k, reasons=False)
+    disc = model.recommend(pop, k=k, new_only=True, reasons=False)
     a = evaluate(rec, truth, k)
     b = evaluate(disc, truth_new, k, exclude=seen_items(lines, as_of))
     return {

@@ -300,8 +300,10 @@ class Recommender(RecommenderBase):
         n = int((items[row] >= 0).sum())
         return items[row, :n], scores[row, :n], codes[row, :n]
 
-    def recommend(self, customer_ids: Iterable, k: int = 20, new_only: bool = False, block: int | None = None) -> pd.DataFrame:
-        """Top-k per customer. ``new_only``: the discovery list (items the customer never bought)."""
+    def recommend(self, customer_ids: Iterable, k: int = 20, new_only: bool = False, reasons: bool = True,
+                  block: int | None = None) -> pd.DataFrame:
+        """Top-k per customer. ``new_only``: the discovery list (items the customer never bought);
+        ``reasons=False``: empty ``reason_data`` (scoring and export need only the lists)."""
         src = self._check_model()
         h = src.h
         ids = np.asarray(list(customer_ids) if not isinstance(customer_ids, np.ndarray) else customer_ids, np.int64)
@@ -319,7 +321,7 @@ class Recommender(RecommenderBase):
         X = h.matrix()
         for row in rows:
             il, sl, cl = ranked.get(int(row), (np.zeros(0, np.int64), np.zeros(0), np.zeros(0, np.int64)))
-            rs = src.reasons(int(row), il, cl) if row >= 0 else []
+            rs = src.reasons(int(row), il, cl) if row >= 0 and reasons else [{} for _ in il]
             il, sl, so = [int(i) for i in il], [float(x) for x in sl], [SOURCES[c] for c in cl]
             if len(il) < k:  # cold start, or too few candidates: popular items
                 seen = set(X.indices[X.indptr[row]:X.indptr[row + 1]].tolist()) if row >= 0 and new_only else set()

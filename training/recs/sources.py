@@ -215,7 +215,10 @@ class Sources:
         return self._W
 
     def pop_scores(self) -> np.ndarray:
-        return self.h.item_buyers(self.p.popular_days)
+        """Distinct buyers of each item in the last ``popular_days`` (computed once)."""
+        if getattr(self, "_pop", None) is None:
+            self._pop = self.h.item_buyers(self.p.popular_days)
+        return self._pop
 
     def trend_scores(self) -> np.ndarray:
         recent, before = self.trend_buyers

@@ -90,7 +90,7 @@ def train_recommender(spec: TrainSpec) -> TrainResult:
             curves = {}
             pop = population(lines, holdout)
             truth = ground_truth(lines, holdout, spec.horizon_days)
-            recs = candidate.recommend(pop, k=K)
+            recs = candidate.recommend(pop, k=K, reasons=False)
             curves["model"] = {k: evaluate(recs[recs["rank"] <= k], truth, k)[f"recall@{k}"] for k in (1, 5, 10, 20)}
             mlflow.log_figure(plots.recall_curve(curves, "Recall@k, all purchases (holdout)"), "plots/recall_at_k.png")
 
@@ -195,7 +195,7 @@ def export_recommendations(spec: TrainSpec, out_dir: Path, progress=None) -> Rec
         with pq.ParquetWriter(tmp, REC_SCHEMA) as writer:
             for start in range(0, len(customers), EXPORT_BLOCK):
                 block = customers[start:start + EXPORT_BLOCK]
-                recs = model.recommend(block, k=K, new_only=new_only)
+                recs = model.recommend(block, k=K, new_only=new_only, reasons=False)
                 if new_only:
                     _check_discovery(recs, h, bought)
                 recs["as_of"] = spec.as_of.date().isoformat()
