@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from patron import duck, rules
+from patron import duck, rules, sampling
 from patron.times import to_utc, utc_timestamp
 
 REPO = Path(__file__).resolve().parents[1]
@@ -137,6 +137,33 @@ def test_the_popular_list_ranks_products_by_recent_buyers_and_never_lists_servic
     assert buyers[list(h.items).index("POST")] == 6  # counted, but never listed
 
 
+# ------------------------------------------------------------------------ customer samples
+
+
+def test_a_customer_sample_is_the_same_in_sql_and_in_python() -> None:
+    """The same ids are kept by the SQL form (the training frames) and the NumPy form (the
+    recommender's holdout), for any seed and share; larger shares keep a superset."""
+    rng = np.random.default_rng(3)
+    ids = np.concatenate([rng.integers(0, 10**6, 3_000), rng.integers(10**9, 10**12, 500), [0, 1, -5, -40503 * 2]])
+    with duck.connect() as con:
+        con.register("ids", pd.DataFrame({"customer_id": ids}))
+        for fraction, seed in ((0.5, 0), (0.1, 2), (0.9, 7), (1.0, 0)):
+            sql = con.execute(f"SELECT {sampling.SAMPLE_SQL} AS k FROM ids", sampling.sql_params(fraction, seed)).df()["k"]
+            assert (sql.to_numpy() == sampling.kept(ids, fraction, seed)).all(), (fraction, seed)
+    small, large = sampling.kept(ids, 0.2), sampling.kept(ids, 0.6)
+    assert (large | ~small).all() and 0.15 < small.mean() < 0.25
+    assert sampling.kept(ids, 1.0).all()
+
+
+def test_a_customer_sample_keeps_about_the_share_asked_and_nothing_when_all_fit() -> None:
+    ids = np.arange(1, 100_001)
+    kept, fraction = sampling.sample_customers(np.concatenate([ids, ids[:10]]), 20_000, seed=1)
+    assert fraction == 0.2 and 19_000 < len(kept) < 21_000 and (np.diff(kept) > 0).all()
+    assert np.array_equal(sampling.sample_customers(ids[:500], 20_000)[0], ids[:500])
+    with pytest.raises(ValueError, match="share"):
+        sampling.kept(ids, 0.0)
+
+
 # ------------------------------------------------------------------------ one place each
 
 
@@ -151,6 +178,7 @@ def test_the_popular_list_ranks_products_by_recent_buyers_and_never_lists_servic
         (r"\"BANK CHARGES\"|\"AMAZONFEE\"", "patron/rules.py"),
         (r"IN \('sale', 'guest'\)", "patron/rules.py"),
         (r"item_nonproduct\[order\] == 0", "training/recs/history.py"),
+        (r"2654435761", "patron/sampling.py"),
     ],
 )
 def test_each_rule_is_written_once(pattern: str, home: str) -> None:

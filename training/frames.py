@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from patron import sampling
 from patron.errors import PatronError
 from patron.rules import VALID_PURCHASE_SQL
 from patron.times import to_utc
@@ -122,10 +123,6 @@ FROM pop p LEFT JOIN win w ON w.customer_id = p.customer_id AND w.t = p.t
 ORDER BY event_timestamp, customer_id
 """
 
-# Knuth's multiplicative hash of the id: which customers a sample keeps depends on the id and the
-# seed only, never on the order of the rows or on the engine
-SAMPLE_SQL = "(((customer_id::HUGEINT + $seed * 40503) * 2654435761) % 4294967296) < $keep"
-
 
 @dataclass(frozen=True)
 class Windows:
@@ -184,9 +181,9 @@ def windows(
         total = con.execute(POPULATION_SQL.replace("{sample}", "true") + " SELECT count(*) FROM pop",
                             {"end": end, "snapshots": snaps}).fetchone()[0]
         fraction = 1.0 if not max_rows or total <= max_rows else max_rows / total
-        sql = WINDOW_SQL.replace("{sample}", "true" if fraction >= 1.0 else SAMPLE_SQL)
+        sql = WINDOW_SQL.replace("{sample}", "true" if fraction >= 1.0 else sampling.SAMPLE_SQL)
         if fraction < 1.0:
-            params |= {"seed": int(seed), "keep": int(fraction * 2**32)}
+            params |= sampling.sql_params(fraction, seed)
         frame = con.execute(sql, params).df()
     frame["event_timestamp"] = pd.to_datetime(frame["event_timestamp"], utc=True)
     return Windows(frame, fraction, int(total))
