@@ -29,8 +29,10 @@ def product_lines(lines: pd.DataFrame) -> pd.DataFrame:
 
 def item_codes(item_ids, items: np.ndarray) -> np.ndarray:
     """The position of each id in the sorted ``items`` (-1 if absent): a hash lookup, where a binary
-    search over millions of strings takes seconds."""
-    return pd.Index(items).get_indexer(np.asarray(item_ids, dtype=object).astype(str))
+    search over millions of strings takes seconds. The ids stay Python strings: a fixed-width
+    string array of millions of lines would be a large temporary."""
+    values = item_ids if isinstance(item_ids, pd.Series) else pd.Series(np.asarray(item_ids, dtype=object))
+    return pd.Index(items).get_indexer(values.astype(str))
 
 
 @dataclass
