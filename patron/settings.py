@@ -45,6 +45,9 @@ class PatronSettings(BaseSettings):
     # Labelled (customer, snapshot) rows the customer models train on: above it, whole customers
     # are sampled (docs/scaling.md). The shipped shop has at most 70,150 (as of 2011-12-01): all kept.
     train_max_rows: int = Field(default=250_000, ge=1_000)
+    # Customers a recommender holdout is scored on (the candidate, every baseline and the champion,
+    # the same ones): above it, a sample by id. The shipped shop has at most 4,372: all scored.
+    rec_eval_customers: int = Field(default=25_000, ge=1_000)
     # What each DuckDB query of the batch path (feature snapshots, labels, Feast's offline joins)
     # may hold in memory; past it, DuckDB spills to disk under the state directory.
     duckdb_memory_limit: str = Field(default="3GB", pattern=r"^\d+(\.\d+)?\s*[KMGT]i?B$")

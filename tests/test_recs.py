@@ -539,3 +539,30 @@ def test_lists_without_reasons_are_the_same_lists(fitted, name) -> None:
         assert (own["reason_data"].map(len) == 0).all()
         personal += len(own)
     assert personal > 0
+
+
+@pytest.mark.parametrize("name", ["recommender", "ease", "als", "buy_again", "popularity"])
+def test_both_lists_from_one_pass_equal_each_list_asked_alone(fitted, name) -> None:
+    model = fitted[name]
+    customers = [1, 2, 5, 101, 107, 999_999]
+    everything, discovery = model.lists(customers, k=6)
+    pd.testing.assert_frame_equal(everything, model.recommend(customers, k=6, reasons=False))
+    pd.testing.assert_frame_equal(discovery, model.recommend(customers, k=6, new_only=True, reasons=False))
+    assert set(everything["customer_id"]) == set(customers)
+
+
+def test_a_holdout_scored_on_a_sample_counts_only_the_sampled_customers(fitted, cluster) -> None:
+    from patron import sampling
+    from patron.training.recs.eval import evaluate_model, population
+
+    lines, _, _ = cluster
+    holdout = pd.Timestamp(AS_OF, tz="UTC") - pd.Timedelta(days=40)
+    model = BuyAgainRecommender().fit(lines, holdout)
+    pop = population(lines, holdout)
+    sample, share = sampling.sample_customers(pop, 12, seed=0)
+    assert share == 0.5 and 0 < len(sample) < len(pop) and set(sample) <= set(pop)
+    whole = evaluate_model(model, lines, holdout, 30, k=5)
+    part = evaluate_model(model, lines, holdout, 30, k=5, customers=sample)
+    truth = {c: t for c, t in ground_truth(lines, holdout, 30).items() if c in set(sample.tolist())}
+    assert part["customers"] == len(truth) < whole["customers"]
+    assert part["recall@5"] == pytest.approx(evaluate(model.recommend(sample, k=5), truth, 5)["recall@5"])

@@ -24,6 +24,7 @@ class TrainSpec:
     mlflow_uri: str | None = None
     seed: int = 0
     max_train_rows: int | None = 250_000  # labelled rows above which customers are sampled
+    max_eval_customers: int | None = 25_000  # customers a recommender holdout scores, sampled above it
     offline_engine: str = "duckdb"  # where Feast builds the training frames: "duckdb" (embedded) or "spark"
     spark_conf: dict[str, str] | None = field(default=None, repr=False)
 
@@ -63,6 +64,7 @@ def spec_for(settings: PatronSettings, as_of: dt.date | dt.datetime, horizon_day
         redis_url=settings.redis_url,
         mlflow_uri=settings.mlflow_uri,
         max_train_rows=settings.train_max_rows,
+        max_eval_customers=settings.rec_eval_customers,
         offline_engine=settings.offline_engine,
         spark_conf=settings.spark_options(),
     )

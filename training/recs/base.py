@@ -254,9 +254,24 @@ class RecommenderBase(ABC):
     def _popular_days(self) -> float:
         return 30.0
 
-    # Generic scoring path for models that produce a dense (customers x items) score matrix.
+    def lists(self, customer_ids: Iterable, k: int = 20) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """Both lists without reasons, as scoring and the export take them: ``(all items, only items
+        never bought)``."""
+        return (self.recommend(customer_ids, k, reasons=False),
+                self.recommend(customer_ids, k, new_only=True, reasons=False))
+
+
+def as_ids(customer_ids: Iterable) -> np.ndarray:
+    return np.asarray(list(customer_ids) if not isinstance(customer_ids, np.ndarray) else customer_ids, np.int64)
+
+
+class DenseRecommender(RecommenderBase):
+    """A model that scores every item for a block of customers (``_dense_scores``): both lists of a
+    block come from one scoring of it."""
+
+    @abstractmethod
     def _dense_scores(self, rows: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
+        """(len(rows) x items) scores of known customer rows; -inf: never recommended."""
 
     def _source_name(self) -> str:
         return self.kind
@@ -264,45 +279,48 @@ class RecommenderBase(ABC):
     def _reason(self, row: int, item: int, score: float) -> dict:
         return {}
 
-    def _recommend_dense(self, customer_ids: Iterable, k: int, new_only: bool, block: int = 512,
-                         reasons: bool = True) -> pd.DataFrame:
+    def recommend(self, customer_ids: Iterable, k: int = 20, new_only: bool = False, reasons: bool = True) -> pd.DataFrame:
+        return self._dense_lists(customer_ids, k, (new_only,), reasons=reasons)[new_only]
+
+    def lists(self, customer_ids: Iterable, k: int = 20) -> tuple[pd.DataFrame, pd.DataFrame]:
+        both = self._dense_lists(customer_ids, k, (False, True), reasons=False)
+        return both[False], both[True]
+
+    def _dense_lists(self, customer_ids: Iterable, k: int, which: tuple[bool, ...], block: int = 512,
+                     reasons: bool = True) -> dict[bool, pd.DataFrame]:
+        """``{new_only: list frame}`` for each of ``which``: the top k of the scores (ties: lower item
+        index first), for discovery among the items never bought, topped up with popular items."""
         h = self._check_fitted()
-        ids = np.asarray(list(customer_ids) if not isinstance(customer_ids, np.ndarray) else customer_ids, np.int64)
+        ids = as_ids(customer_ids)
         rows = h.customer_index(ids)
         pop_order, pop_score = h.popular_order(self._popular_days())
         X = h.matrix()
-        lists, scs, srcs, rsns = [], [], [], []
+        name = self._source_name()
+        which = tuple(sorted(set(which)))  # all items first: discovery masks the scores in place
+        out = {w: ([], [], [], []) for w in which}
         for start in range(0, len(ids), block):
             r = rows[start:start + block]
-            known = r >= 0
+            known = np.flatnonzero(r >= 0)
             dense = np.full((len(r), h.n_items), -np.inf)
-            if known.any():
+            if len(known):
                 dense[known] = self._dense_scores(r[known])
-            top = top_k_rows(dense, k)
-            for j in range(len(r)):
-                seen = set(X.indices[X.indptr[r[j]]:X.indptr[r[j] + 1]].tolist()) if r[j] >= 0 else set()
-                il, sl, srl, rl = [], [], [], []
-                for i in top[j]:
-                    s = dense[j, i]
-                    if not np.isfinite(s) or (new_only and i in seen):
-                        continue
-                    il.append(int(i)); sl.append(float(s)); srl.append(self._source_name())
-                    rl.append(self._reason(int(r[j]), int(i), float(s)) if reasons else {})
-                if new_only and len(il) < k:
-                    # the dense top-k may have been used up by seen items: take more
-                    cand = np.argsort(-dense[j], kind="stable")
-                    il, sl, srl, rl = [], [], [], []
-                    for i in cand:
-                        if len(il) >= k or not np.isfinite(dense[j, i]):
-                            break
-                        if i in seen:
-                            continue
-                        il.append(int(i)); sl.append(float(dense[j, i])); srl.append(self._source_name())
-                        rl.append(self._reason(int(r[j]), int(i), float(dense[j, i])) if reasons else {})
-                if len(il) < k:
-                    fill_with_popular(il, sl, srl, rl, pop_order, pop_score, k, seen if new_only else set(), self._popular_days())
-                lists.append(il); scs.append(sl); srcs.append(srl); rsns.append(rl)
-        return build_frame(ids, lists, scs, srcs, rsns, h.items)
+            Xr = X[r[known]]
+            for new_only in which:
+                if new_only:  # what the customer bought is never listed
+                    dense[np.repeat(known, np.diff(Xr.indptr)), Xr.indices] = -np.inf
+                top = top_k_rows(dense, k)
+                vals = np.take_along_axis(dense, top, axis=1)
+                items, scores, sources, rsns = out[new_only]
+                for j in range(len(r)):
+                    ok = np.isfinite(vals[j])
+                    il, sl = top[j][ok].tolist(), vals[j][ok].tolist()
+                    rl = [self._reason(int(r[j]), i, s) for i, s in zip(il, sl)] if reasons else [{} for _ in il]
+                    srl = [name] * len(il)
+                    if len(il) < k:
+                        seen = set(X.indices[X.indptr[r[j]]:X.indptr[r[j] + 1]].tolist()) if new_only and r[j] >= 0 else set()
+                        fill_with_popular(il, sl, srl, rl, pop_order, pop_score, k, seen, self._popular_days())
+                    items.append(il); scores.append(sl); sources.append(srl); rsns.append(rl)
+        return {w: build_frame(ids, *out[w], h.items) for w in which}
 
 
 def load_model(directory: Path) -> "RecommenderBase":

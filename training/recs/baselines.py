@@ -5,20 +5,19 @@ with theirs on the same window."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
 from typing import Self
 
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from patron.training.recs.base import RecommenderBase
+from patron.training.recs.base import DenseRecommender, RecommenderBase
 from patron.training.recs.history import History
 
 log = logging.getLogger(__name__)
 
 
-class PopularityRecommender(RecommenderBase):
+class PopularityRecommender(DenseRecommender):
     """The items with the most distinct buyers in the last ``days`` days, the same for everyone."""
 
     kind = "popularity"
@@ -39,9 +38,6 @@ class PopularityRecommender(RecommenderBase):
         self.history = h
         return self
 
-    def recommend(self, customer_ids: Iterable, k: int = 20, new_only: bool = False, reasons: bool = True) -> pd.DataFrame:
-        return self._recommend_dense(customer_ids, k, new_only, reasons=reasons)
-
     def _dense_scores(self, rows: np.ndarray) -> np.ndarray:
         return np.full((len(rows), self._check_fitted().n_items), -np.inf)  # everything comes from the fill
 
@@ -52,7 +48,7 @@ class PopularityRecommender(RecommenderBase):
         pass
 
 
-class BuyAgainRecommender(RecommenderBase):
+class BuyAgainRecommender(DenseRecommender):
     """The customer's own items by number of orders that contained them, ties by recency."""
 
     kind = "buy_again"
@@ -72,9 +68,6 @@ class BuyAgainRecommender(RecommenderBase):
     def fit_history(self, h: History) -> Self:
         self.history = h
         return self
-
-    def recommend(self, customer_ids: Iterable, k: int = 20, new_only: bool = False, reasons: bool = True) -> pd.DataFrame:
-        return self._recommend_dense(customer_ids, k, new_only, reasons=reasons)
 
     def _source_name(self) -> str:
         return "buy_again"
@@ -131,7 +124,7 @@ def ease_weights(X: sp.csr_matrix, lam: float) -> np.ndarray:
     return B.astype(np.float32)
 
 
-class EASERecommender(RecommenderBase):
+class EASERecommender(DenseRecommender):
     """EASE on the binary customer x item matrix, restricted to items with ``min_buyers`` buyers."""
 
     kind = "ease"
@@ -158,9 +151,6 @@ class EASERecommender(RecommenderBase):
         self.cols = ease_columns(h, self.min_buyers)
         self.B = ease_weights(X[:, self.cols].tocsr(), self.lam)
         return self
-
-    def recommend(self, customer_ids: Iterable, k: int = 20, new_only: bool = False, reasons: bool = True) -> pd.DataFrame:
-        return self._recommend_dense(customer_ids, k, new_only, reasons=reasons)
 
     def _dense_scores(self, rows: np.ndarray) -> np.ndarray:
         h = self._check_fitted()
@@ -196,7 +186,7 @@ def fit_als(C: sp.csr_matrix, factors: int, regularization: float, iterations: i
     return np.asarray(model.user_factors, np.float32), np.asarray(model.item_factors, np.float32)
 
 
-class ALSRecommender(RecommenderBase):
+class ALSRecommender(DenseRecommender):
     """implicit's ALS (CPU) on a log-confidence customer x item matrix."""
 
     kind = "als"
@@ -234,9 +224,6 @@ class ALSRecommender(RecommenderBase):
         """Whether ALS with these settings fits the same factors as this model."""
         return (self.factors, self.regularization, self.alpha, self.iterations, self.seed) == (
             factors, regularization, alpha, iterations, seed)
-
-    def recommend(self, customer_ids: Iterable, k: int = 20, new_only: bool = False, reasons: bool = True) -> pd.DataFrame:
-        return self._recommend_dense(customer_ids, k, new_only, reasons=reasons)
 
     def _dense_scores(self, rows: np.ndarray) -> np.ndarray:
         return (self.user_factors[rows] @ self.item_factors.T).astype(np.float64)

@@ -92,9 +92,12 @@ def population(lines: pd.DataFrame, as_of: dt.date | dt.datetime) -> np.ndarray:
     return np.sort(before["customer_id"].unique())
 
 
-def seen_items(lines: pd.DataFrame, as_of: dt.date | dt.datetime) -> dict[int, frozenset]:
-    """Per customer, the items bought strictly before ``as_of``."""
-    before = lines[(lines["invoice_ts"] < to_utc(as_of)) & lines["item_id"].notna()][["customer_id", "item_id"]].drop_duplicates()
+def seen_items(lines: pd.DataFrame, as_of: dt.date | dt.datetime, customers=None) -> dict[int, frozenset]:
+    """Per customer (of ``customers`` if given), the items bought strictly before ``as_of``."""
+    before = lines[(lines["invoice_ts"] < to_utc(as_of)) & lines["item_id"].notna()][["customer_id", "item_id"]]
+    if customers is not None:
+        before = before[before["customer_id"].isin(np.asarray(customers))]
+    before = before.drop_duplicates()
     return {int(c): frozenset(g.tolist()) for c, g in before.groupby("customer_id")["item_id"]}
 
 
@@ -134,19 +137,22 @@ def evaluate(recs: pd.DataFrame, truth: Truth, k: int = 20, *, exclude: Truth | 
     }
 
 
-def evaluate_model(model, lines: pd.DataFrame, as_of: dt.date | dt.datetime, horizon_days: int, k: int = 20) -> dict:
-    """Both lists of a fitted model (its ``recommend`` with and without ``new_only``) on one split.
+def score_lists(rec: pd.DataFrame, disc: pd.DataFrame, lines: pd.DataFrame, as_of: dt.date | dt.datetime,
+                horizon_days: int, k: int = 20, customers=None) -> dict:
+    """Both lists of a model (``rec``: all items, ``disc``: only items never bought) scored on one
+    split; ``customers``: only these customers of the population count (a sample of it).
 
-    ``lines`` must include the evaluation window; the model must have been fitted on lines before
-    ``as_of``. Returns ``{"recall@k", "ndcg@k", "discovery_recall@k", "discovery_ndcg@k", ...}``.
+    Returns ``{"recall@k", "ndcg@k", "discovery_recall@k", "discovery_ndcg@k", "customers",
+    "discovery_customers"}``.
     """
-    pop = population(lines, as_of)
     truth = ground_truth(lines, as_of, horizon_days, new_only=False)
     truth_new = ground_truth(lines, as_of, horizon_days, new_only=True)
-    rec = model.recommend(pop, k=k, reasons=False)
-    disc = model.recommend(pop, k=k, new_only=True, reasons=False)
+    if customers is not None:
+        keep = set(np.asarray(customers).tolist())
+        truth = {c: t for c, t in truth.items() if c in keep}
+        truth_new = {c: t for c, t in truth_new.items() if c in keep}
     a = evaluate(rec, truth, k)
-    b = evaluate(disc, truth_new, k, exclude=seen_items(lines, as_of))
+    b = evaluate(disc, truth_new, k, exclude=seen_items(lines, as_of, customers))
     return {
         f"recall@{k}": a[f"recall@{k}"],
         f"ndcg@{k}": a[f"ndcg@{k}"],
@@ -155,3 +161,16 @@ def evaluate_model(model, lines: pd.DataFrame, as_of: dt.date | dt.datetime, hor
         "customers": a["customers"],
         "discovery_customers": b["customers"],
     }
+
+
+def evaluate_model(model, lines: pd.DataFrame, as_of: dt.date | dt.datetime, horizon_days: int, k: int = 20,
+                   customers=None) -> dict:
+    """Both lists of a fitted model (its ``lists``) on one split, for the population or for the
+    ``customers`` given (a sample of it): :func:`score_lists`.
+
+    ``lines`` must include the evaluation window; the model must have been fitted on lines before
+    ``as_of``.
+    """
+    pop = population(lines, as_of) if customers is None else np.asarray(customers)
+    rec, disc = model.lists(pop, k)
+    return score_lists(rec, disc, lines, as_of, horizon_days, k, customers)

@@ -27,6 +27,7 @@ from patron.times import to_utc
 from patron.training.recs.base import (
     NotFittedError,
     RecommenderBase,
+    as_ids,
     build_frame,
     empty_recs,
     fill_with_popular,
@@ -304,9 +305,8 @@ class Recommender(RecommenderBase):
                   block: int | None = None) -> pd.DataFrame:
         """Top-k per customer. ``new_only``: the discovery list (items the customer never bought);
         ``reasons=False``: empty ``reason_data`` (scoring and export need only the lists)."""
-        src = self._check_model()
-        h = src.h
-        ids = np.asarray(list(customer_ids) if not isinstance(customer_ids, np.ndarray) else customer_ids, np.int64)
+        h = self._check_model().h
+        ids = as_ids(customer_ids)
         if len(ids) == 0 or k <= 0:
             return empty_recs()
         rows = h.customer_index(ids)
@@ -316,6 +316,29 @@ class Recommender(RecommenderBase):
             ranked = {r: (i[:k], s[:k], c[:k]) for r, (i, s, c) in ranked.items()}
         else:
             ranked = self._rank(rows, k, new_only, block)
+        return self._frame(ids, rows, ranked, k, new_only, reasons)
+
+    def lists(self, customer_ids: Iterable, k: int = 20) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """Both lists without reasons; without precomputed lists, from one candidate pass."""
+        if set(self.precomputed) == {"repeat", "discovery"} and k <= self.precomputed["repeat"][0].shape[1]:
+            return super().lists(customer_ids, k)
+        h = self._check_model().h
+        ids = as_ids(customer_ids)
+        if len(ids) == 0 or k <= 0:
+            return empty_recs(), empty_recs()
+        rows = h.customer_index(ids)
+        ranked: dict[str, dict] = {"repeat": {}, "discovery": {}}
+        for r, lists in self._ranked_blocks(rows, k, ("repeat", "discovery")):
+            for name, out in ranked.items():
+                out.update(zip(r.tolist(), lists[name]))
+        return (self._frame(ids, rows, ranked["repeat"], k, False, False),
+                self._frame(ids, rows, ranked["discovery"], k, True, False))
+
+    def _frame(self, ids: np.ndarray, rows: np.ndarray, ranked: dict, k: int, new_only: bool, reasons: bool) -> pd.DataFrame:
+        """The list frame of ``ids`` from their ranked candidates (row -> items, scores, source codes),
+        short lists topped up with popular items."""
+        src = self._check_model()
+        h = src.h
         pop_order, pop_score = self.popular_products()
         out_items, out_scores, out_src, out_rsn = [], [], [], []
         X = h.matrix()

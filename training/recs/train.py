@@ -21,11 +21,12 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from patron import sampling
 from patron.errors import PatronError
 from patron.training import plots, registry
 from patron.training.data import known_customers, load_lines
 from patron.training.recs.baselines import BASELINES, ALSRecommender
-from patron.training.recs.eval import evaluate, evaluate_model, ground_truth, population
+from patron.training.recs.eval import evaluate, evaluate_model, ground_truth, population, score_lists
 from patron.training.recs.model import Recommender
 from patron.training.spec import TrainResult, TrainSpec, model_card
 
@@ -43,9 +44,27 @@ def _metrics_key(name: str) -> str:
     return name.replace("@", "_at_")
 
 
-def _scores(model, lines: pd.DataFrame, t: dt.datetime, horizon_days: int) -> dict[str, float]:
-    m = evaluate_model(model, lines, t, horizon_days, K)
+def _keyed(m: dict) -> dict[str, float]:
     return {_metrics_key(k): float(v) for k, v in m.items()}
+
+
+def _scores(model, lines: pd.DataFrame, t: dt.datetime, horizon_days: int, customers: np.ndarray) -> dict[str, float]:
+    return _keyed(evaluate_model(model, lines, t, horizon_days, K, customers))
+
+
+def scored_customers(lines: pd.DataFrame, t: dt.datetime, spec: TrainSpec, notes: list[str] | None = None) -> np.ndarray:
+    """The customers a split is scored on: the population before ``t``, or above
+    ``spec.max_eval_customers`` a sample of it by id (:mod:`patron.sampling`), the same customers
+    for the candidate, the baselines and the champion."""
+    pop = population(lines, t)
+    kept, share = sampling.sample_customers(pop, spec.max_eval_customers, spec.seed)
+    if share < 1.0:
+        msg = (f"holdout scored on {len(kept):,} of {len(pop):,} customers, sampled by id "
+               f"(PATRON_REC_EVAL_CUSTOMERS={spec.max_eval_customers:,})")
+        log.info(msg)
+        if notes is not None:
+            notes.append(msg)
+    return kept
 
 
 def train_recommender(spec: TrainSpec) -> TrainResult:
@@ -80,22 +99,23 @@ def train_recommender(spec: TrainSpec) -> TrainResult:
             t0 = time.perf_counter()
             candidate = Recommender(label_days=spec.horizon_days).fit(before, holdout)
             mlflow.log_metric("fit_seconds", time.perf_counter() - t0)
-            candidate.precompute()  # both lists of every holdout customer in one pass, as the export ranks them
-            metrics = _scores(candidate, lines, holdout, spec.horizon_days)
+            scored = scored_customers(lines, holdout, spec, notes)
+            mlflow.log_params({"holdout_customers_scored": len(scored)})
+            t0 = time.perf_counter()
+            recs, disc = candidate.lists(scored, K)  # both lists from one candidate pass
+            metrics = _keyed(score_lists(recs, disc, lines, holdout, spec.horizon_days, K, scored))
+            mlflow.log_metric("holdout_scoring_seconds", time.perf_counter() - t0)
             mlflow.log_params({f"model_{k}": v for k, v in candidate.get_params().items()})
             for name, baseline in _baselines(candidate).items():
-                baselines[name] = _scores(baseline, lines, holdout, spec.horizon_days)
+                baselines[name] = _scores(baseline, lines, holdout, spec.horizon_days, scored)
                 mlflow.log_metrics({f"baseline_{name}_{k}": v for k, v in baselines[name].items()})
             mlflow.log_metrics({f"holdout_{k}": v for k, v in metrics.items()})
-            curves = {}
-            pop = population(lines, holdout)
-            truth = ground_truth(lines, holdout, spec.horizon_days)
-            recs = candidate.recommend(pop, k=K, reasons=False)
-            curves["model"] = {k: evaluate(recs[recs["rank"] <= k], truth, k)[f"recall@{k}"] for k in (1, 5, 10, 20)}
+            truth = {c: t for c, t in ground_truth(lines, holdout, spec.horizon_days).items() if c in set(scored.tolist())}
+            curves = {"model": {k: evaluate(recs[recs["rank"] <= k], truth, k)[f"recall@{k}"] for k in (1, 5, 10, 20)}}
             mlflow.log_figure(plots.recall_curve(curves, "Recall@k, all purchases (holdout)"), "plots/recall_at_k.png")
 
             def champion_scorer(directory: Path) -> float:
-                return _scores(Recommender.load(directory), lines, holdout, spec.horizon_days)["recall_at_20"]
+                return _scores(Recommender.load(directory), lines, holdout, spec.horizon_days, scored)["recall_at_20"]
 
         # the holdout candidate's sources are the registered model's first training window
         model = Recommender(label_days=spec.horizon_days).fit(lines, spec.as_of, fitted=candidate)
@@ -235,7 +255,9 @@ def evaluate_recommender(spec: TrainSpec) -> RecEvaluation:
     with tempfile.TemporaryDirectory() as tmp:
         version, d = registry.load_champion_dir("recs", Path(tmp) / "recs")
         model = Recommender.load(d)
-    metrics = _scores(model, lines, spec.as_of, spec.horizon_days)
+    scored = scored_customers(lines, spec.as_of, spec)
+    metrics = _scores(model, lines, spec.as_of, spec.horizon_days, scored)
     before = lines[lines["invoice_ts"] < spec.as_of]
-    baselines = {name: _scores(cls().fit(before, spec.as_of), lines, spec.as_of, spec.horizon_days) for name, cls in BASELINES.items()}
+    baselines = {name: _scores(cls().fit(before, spec.as_of), lines, spec.as_of, spec.horizon_days, scored)
+                 for name, cls in BASELINES.items()}
     return RecEvaluation("recs", version, metrics, baselines, {})
