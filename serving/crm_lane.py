@@ -19,6 +19,7 @@ import logging
 import multiprocessing
 import os
 import threading
+import time
 from concurrent.futures import BrokenExecutor, ProcessPoolExecutor
 from typing import Any
 
@@ -33,19 +34,32 @@ CUSTOMER_KINDS = ("churn", "ltv")
 _runtime: Any = None
 
 
-def _start(settings_json: str) -> None:
-    """The lane process's initializer: one numeric thread, private files, the customer models."""
+def _start(settings_json: str, worker_pid: int) -> None:
+    """The lane process's initializer: one numeric thread, private files, the customer models, and
+    a watch on the worker."""
     global _runtime
     from threadpoolctl import threadpool_limits
 
     from patron.serving.runtime import Runtime
 
+    threading.Thread(target=_follow, args=(worker_pid,), name="patron-lane-watch", daemon=True).start()
     os.umask(0o077)
     # Below the storefront: when both want the CPU, the requests of shoppers go first.
     os.nice(10)
     threadpool_limits(limits=1)
     _runtime = Runtime(PatronSettings.model_validate_json(settings_json), kinds=CUSTOMER_KINDS)
     _runtime.reload()
+
+
+def _follow(worker_pid: int, every: float = 0.5) -> None:
+    """End the lane once its worker is gone. A worker that exits cleanly shuts its lane down, but one
+    killed outright (out of memory, SIGKILL) cannot, and the lane, holding its own copy of the
+    customer models, would outlive it. The worker is this process's parent: when the parent changes
+    (the orphan is taken over by another process), the worker has gone."""
+    while os.getppid() == worker_pid:
+        time.sleep(every)
+    log.warning("the service worker of this CRM lane has gone; the lane stops")
+    os._exit(0)
 
 
 def _reload() -> tuple[bool, str, dict[str, str]]:
@@ -94,7 +108,7 @@ class CrmLane:
             if self._pool is None:
                 self._pool = ProcessPoolExecutor(
                     max_workers=1, mp_context=multiprocessing.get_context("spawn"),
-                    initializer=_start, initargs=(self._settings_json,))
+                    initializer=_start, initargs=(self._settings_json, os.getpid()))
             return self._pool
 
     def _broken(self, pool: ProcessPoolExecutor) -> None:

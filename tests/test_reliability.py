@@ -27,6 +27,48 @@ from tests.conftest import AS_OF, KEYS, Server, free_port
 REPO = Path(__file__).resolve().parents[1]
 
 
+# ----------------------------------------------------------------------------- a killed worker
+
+LANE_OWNER = """
+import sys, time
+from patron.settings import PatronSettings
+from patron.serving.crm_lane import CrmLane
+lane = CrmLane(PatronSettings(home=sys.argv[1]))
+lane.ready()  # starts the lane (no models in an empty home: not ready, but running)
+print(*lane._pool._processes, flush=True)
+time.sleep(300)
+"""
+
+
+def running(pid: int) -> bool:
+    """Whether the process runs (an exited one not yet reaped counts as gone)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state not in ("Z", "X")
+
+
+def test_a_worker_killed_outright_takes_its_crm_lane_with_it(tmp_path: Path) -> None:
+    """A worker killed by the kernel or SIGKILL cannot shut its lane down; the lane notices and
+    ends instead of holding a copy of the customer models for ever."""
+    owner = subprocess.Popen([sys.executable, "-c", LANE_OWNER, str(tmp_path)], cwd=REPO,
+                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        lane = int(owner.stdout.readline())
+        assert running(lane)
+    finally:
+        owner.kill()
+        owner.wait(10)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if not running(lane):
+            return
+        time.sleep(0.2)
+    os.kill(lane, signal.SIGKILL)
+    pytest.fail("the CRM lane outlived its killed worker by 20 s")
+
+
 # ----------------------------------------------------------------------------- a killed pipeline
 
 
