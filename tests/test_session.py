@@ -26,6 +26,7 @@ from patron.training.recs.session import (
     SessionModel,
     SessionParams,
     _epoch_batches,
+    epoch_sample,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -241,3 +242,32 @@ def test_training_contexts_never_contain_their_target(lines: pd.DataFrame) -> No
             assert counts[j] == len(ctx) and counts[j] - k >= 1
         n_targets += len(target)
     assert n_targets == data.n_baskets  # max_targets=1: one held-out item per basket and epoch
+
+
+def test_an_epoch_over_its_budget_trains_on_a_weighted_sample_of_baskets() -> None:
+    """Within the budget every basket trains, unweighted by the sample and with no random draw;
+    above it, the expected held-out items meet the budget, recent baskets are far more likely to
+    be in, and the sample's weights estimate the full weighted loss without bias."""
+    rng = np.random.default_rng(0)
+    targets = rng.integers(1, 25, 5_000)
+    weight = 0.5 ** (rng.uniform(0, 365, 5_000) / 60.0)
+    weight /= weight.mean()
+    state = rng.bit_generator.state
+    assert epoch_sample(targets, weight, int(targets.sum()), rng) == (None, weight)
+    assert rng.bit_generator.state == state  # nothing drawn: the same model as without a budget
+    budget = int(targets.sum()) // 10
+    picks = [epoch_sample(targets, weight, budget, np.random.default_rng(s)) for s in range(40)]
+    kept_targets = np.array([targets[c].sum() for c, _ in picks])
+    assert abs(kept_targets.mean() / budget - 1) < 0.02
+    order = np.argsort(-weight)
+    rate = lambda ids: np.mean([np.isin(ids, c).mean() for c, _ in picks])  # noqa: E731
+    assert rate(order[:200]) > 10 * rate(order[-200:])  # recent baskets are sampled far more often
+    estimate = np.mean([(w * targets).sum() for _, w in picks])
+    assert abs(estimate / (weight * targets).sum() - 1) < 0.03
+
+
+def test_a_large_shop_fits_on_a_bounded_sample_and_still_learns_its_baskets() -> None:
+    p = {**FAST, "max_epoch_cells": 20 * 9}  # about 20 held-out items x 9 items per epoch
+    model = SessionModel(**p).fit(checkerboard(), AS_OF)
+    assert model.summary["examples_per_epoch"] < 60
+    assert [item for item, _ in model.recommend(["A", "B"], k=1)] == ["C"]

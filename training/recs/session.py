@@ -63,6 +63,11 @@ class SessionParams:
     batch_targets: int = 1024  # held-out items per optimisation step
     max_basket: int = 64  # items sampled per basket and epoch; bulk orders of 700 lines add no signal
     max_targets: int = 24  # held-out items per basket and epoch, so big baskets do not dominate
+    # held-out items x catalogue items per epoch (each held-out item is scored against the whole
+    # catalogue: an epoch costs about a minute per 4e9 on two cores). Above it, each epoch trains on
+    # a sample of the baskets, recent ones more likely, weighted so that the loss stays the one over
+    # all baskets. The shipped shop needs at most 0.75e9 (as of its last day): it is never sampled.
+    max_epoch_cells: int = 1_600_000_000
     keep_min: float = 1.0  # each basket keeps a uniform fraction in [keep_min, 1] of its context
     half_life_days: float | None = 60.0  # recency weight of a basket; None weighs all alike
     init_scale: float = 0.1
@@ -77,6 +82,7 @@ class SessionParams:
             "batch_targets": self.batch_targets >= 1,
             "max_basket": self.max_basket >= 2,
             "max_targets": self.max_targets >= 1,
+            "max_epoch_cells": self.max_epoch_cells >= 1,
             "keep_min": 0.0 <= self.keep_min <= 1.0,
             "half_life_days": self.half_life_days is None or self.half_life_days > 0,
             "init_scale": self.init_scale > 0,
@@ -187,9 +193,15 @@ class SessionModel:
 
         losses: list[float] = []
         n_examples = 0
+        targets = np.minimum(np.minimum(np.diff(data.indptr), p.max_basket), p.max_targets)
+        budget = max(1, p.max_epoch_cells // n_items)  # held-out items per epoch
         for epoch in range(p.epochs):
             total, total_w = 0.0, 0.0
-            for batch in _epoch_batches(data, weight, p, rng):
+            chosen, w_epoch = epoch_sample(targets, weight, budget, rng)
+            if chosen is not None:
+                log.info("session model epoch %d/%d: %d of %d baskets sampled (about %d held-out items)",
+                         epoch + 1, p.epochs, len(chosen), data.n_baskets, budget)
+            for batch in _epoch_batches(data, w_epoch, p, rng, chosen):
                 bag, offsets, counts, tb, target, kept, w = (torch.from_numpy(a) for a in batch)
                 S = F.embedding_bag(bag, E, offsets, mode="sum")
                 # leave-one-out context: the basket's sum minus the target if it was in the context
@@ -336,8 +348,35 @@ class SessionModel:
         return model
 
 
-def _epoch_batches(data: Baskets, weight: np.ndarray, p: SessionParams, rng: np.random.Generator):
-    """One epoch of training batches, as numpy arrays ready for torch.
+def epoch_sample(targets: np.ndarray, weight: np.ndarray, budget: int,
+                 rng: np.random.Generator) -> tuple[np.ndarray | None, np.ndarray]:
+    """The baskets of one epoch and their loss weights: all of them (``None``, weights unchanged,
+    no draw) when their held-out items fit the budget; otherwise each basket independently with
+    probability ``min(1, c * weight)``, ``c`` set so that the expected held-out items meet the
+    budget, and weighted by ``weight / probability`` so that the expected loss is the loss over
+    all baskets (Horvitz-Thompson)."""
+    if targets.sum() <= budget:
+        return None, weight
+    lo, hi = 0.0, 1.0
+    while (np.minimum(1.0, hi * weight) * targets).sum() < budget:
+        hi *= 2.0
+    for _ in range(50):  # bisection on c: the expected held-out items grow with it
+        mid = 0.5 * (lo + hi)
+        if (np.minimum(1.0, mid * weight) * targets).sum() < budget:
+            lo = mid
+        else:
+            hi = mid
+    prob = np.minimum(1.0, hi * weight)
+    chosen = np.flatnonzero(rng.random(len(weight)) < prob)
+    w = np.zeros_like(weight)
+    w[chosen] = weight[chosen] / prob[chosen]
+    return chosen, w
+
+
+def _epoch_batches(data: Baskets, weight: np.ndarray, p: SessionParams, rng: np.random.Generator,
+                   chosen: np.ndarray | None = None):
+    """One epoch of training batches (over the ``chosen`` baskets, default all), as numpy arrays
+    ready for torch.
 
     Each basket contributes a random subset of its items as context ("kept") and up to
     ``max_targets`` held-out items; a target's context is the kept items other than itself, and at
@@ -350,7 +389,7 @@ def _epoch_batches(data: Baskets, weight: np.ndarray, p: SessionParams, rng: np.
     kepts: list[np.ndarray] = []
     ws: list[np.ndarray] = []
     n_targets = 0
-    for bi in rng.permutation(data.n_baskets):
+    for bi in rng.permutation(data.n_baskets if chosen is None else chosen):
         its = data.indices[data.indptr[bi]:data.indptr[bi + 1]]
         if len(its) > p.max_basket:
             its = rng.choice(its, p.max_basket, replace=False)
