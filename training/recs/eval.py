@@ -20,6 +20,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -137,22 +138,34 @@ def evaluate(recs: pd.DataFrame, truth: Truth, k: int = 20, *, exclude: Truth | 
     }
 
 
-def score_lists(rec: pd.DataFrame, disc: pd.DataFrame, lines: pd.DataFrame, as_of: dt.date | dt.datetime,
-                horizon_days: int, k: int = 20, customers=None) -> dict:
+@dataclass(frozen=True)
+class HoldoutTruth:
+    """What one split's lists are scored against, computed once for every model scored on it."""
+
+    truth: dict[int, frozenset]  # all items bought in the window
+    truth_new: dict[int, frozenset]  # only items never bought before
+    seen: dict[int, frozenset]  # what the discovery list must never name
+    customers: np.ndarray  # who is scored: the population, or a sample of it
+
+
+def holdout_truth(lines: pd.DataFrame, as_of: dt.date | dt.datetime, horizon_days: int, customers=None) -> HoldoutTruth:
+    """The truth of one split for the population before ``as_of``, or for ``customers`` (a sample of it)."""
+    pop = population(lines, as_of) if customers is None else np.asarray(customers, np.int64)
+    keep = set(pop.tolist())
+    truth = {c: t for c, t in ground_truth(lines, as_of, horizon_days).items() if c in keep}
+    truth_new = {c: t for c, t in ground_truth(lines, as_of, horizon_days, new_only=True).items() if c in keep}
+    return HoldoutTruth(truth, truth_new, seen_items(lines, as_of, None if customers is None else pop), pop)
+
+
+def score_lists(rec: pd.DataFrame, disc: pd.DataFrame, split: HoldoutTruth, k: int = 20) -> dict:
     """Both lists of a model (``rec``: all items, ``disc``: only items never bought) scored on one
-    split; ``customers``: only these customers of the population count (a sample of it).
+    split.
 
     Returns ``{"recall@k", "ndcg@k", "discovery_recall@k", "discovery_ndcg@k", "customers",
     "discovery_customers"}``.
     """
-    truth = ground_truth(lines, as_of, horizon_days, new_only=False)
-    truth_new = ground_truth(lines, as_of, horizon_days, new_only=True)
-    if customers is not None:
-        keep = set(np.asarray(customers).tolist())
-        truth = {c: t for c, t in truth.items() if c in keep}
-        truth_new = {c: t for c, t in truth_new.items() if c in keep}
-    a = evaluate(rec, truth, k)
-    b = evaluate(disc, truth_new, k, exclude=seen_items(lines, as_of, customers))
+    a = evaluate(rec, split.truth, k)
+    b = evaluate(disc, split.truth_new, k, exclude=split.seen)
     return {
         f"recall@{k}": a[f"recall@{k}"],
         f"ndcg@{k}": a[f"ndcg@{k}"],
@@ -171,6 +184,5 @@ def evaluate_model(model, lines: pd.DataFrame, as_of: dt.date | dt.datetime, hor
     ``lines`` must include the evaluation window; the model must have been fitted on lines before
     ``as_of``.
     """
-    pop = population(lines, as_of) if customers is None else np.asarray(customers)
-    rec, disc = model.lists(pop, k)
-    return score_lists(rec, disc, lines, as_of, horizon_days, k, customers)
+    split = holdout_truth(lines, as_of, horizon_days, customers)
+    return score_lists(*model.lists(split.customers, k), split, k)

@@ -26,7 +26,7 @@ from patron.errors import PatronError
 from patron.training import plots, registry
 from patron.training.data import known_customers, load_lines
 from patron.training.recs.baselines import BASELINES, ALSRecommender
-from patron.training.recs.eval import evaluate, evaluate_model, ground_truth, population, score_lists
+from patron.training.recs.eval import HoldoutTruth, evaluate, holdout_truth, population, score_lists
 from patron.training.recs.model import Recommender
 from patron.training.spec import TrainResult, TrainSpec, model_card
 
@@ -48,8 +48,8 @@ def _keyed(m: dict) -> dict[str, float]:
     return {_metrics_key(k): float(v) for k, v in m.items()}
 
 
-def _scores(model, lines: pd.DataFrame, t: dt.datetime, horizon_days: int, customers: np.ndarray) -> dict[str, float]:
-    return _keyed(evaluate_model(model, lines, t, horizon_days, K, customers))
+def _scores(model, split: HoldoutTruth) -> dict[str, float]:
+    return _keyed(score_lists(*model.lists(split.customers, K), split, K))
 
 
 def scored_customers(lines: pd.DataFrame, t: dt.datetime, spec: TrainSpec, notes: list[str] | None = None) -> np.ndarray:
@@ -99,23 +99,22 @@ def train_recommender(spec: TrainSpec) -> TrainResult:
             t0 = time.perf_counter()
             candidate = Recommender(label_days=spec.horizon_days).fit(before, holdout)
             mlflow.log_metric("fit_seconds", time.perf_counter() - t0)
-            scored = scored_customers(lines, holdout, spec, notes)
-            mlflow.log_params({"holdout_customers_scored": len(scored)})
+            split = holdout_truth(lines, holdout, spec.horizon_days, scored_customers(lines, holdout, spec, notes))
+            mlflow.log_params({"holdout_customers_scored": len(split.customers)})
             t0 = time.perf_counter()
-            recs, disc = candidate.lists(scored, K)  # both lists from one candidate pass
-            metrics = _keyed(score_lists(recs, disc, lines, holdout, spec.horizon_days, K, scored))
+            recs, disc = candidate.lists(split.customers, K)  # both lists from one candidate pass
+            metrics = _keyed(score_lists(recs, disc, split, K))
             mlflow.log_metric("holdout_scoring_seconds", time.perf_counter() - t0)
             mlflow.log_params({f"model_{k}": v for k, v in candidate.get_params().items()})
             for name, baseline in _baselines(candidate).items():
-                baselines[name] = _scores(baseline, lines, holdout, spec.horizon_days, scored)
+                baselines[name] = _scores(baseline, split)
                 mlflow.log_metrics({f"baseline_{name}_{k}": v for k, v in baselines[name].items()})
             mlflow.log_metrics({f"holdout_{k}": v for k, v in metrics.items()})
-            truth = {c: t for c, t in ground_truth(lines, holdout, spec.horizon_days).items() if c in set(scored.tolist())}
-            curves = {"model": {k: evaluate(recs[recs["rank"] <= k], truth, k)[f"recall@{k}"] for k in (1, 5, 10, 20)}}
+            curves = {"model": {k: evaluate(recs[recs["rank"] <= k], split.truth, k)[f"recall@{k}"] for k in (1, 5, 10, 20)}}
             mlflow.log_figure(plots.recall_curve(curves, "Recall@k, all purchases (holdout)"), "plots/recall_at_k.png")
 
             def champion_scorer(directory: Path) -> float:
-                return _scores(Recommender.load(directory), lines, holdout, spec.horizon_days, scored)["recall_at_20"]
+                return _scores(Recommender.load(directory), split)["recall_at_20"]
 
         # the holdout candidate's sources are the registered model's first training window
         model = Recommender(label_days=spec.horizon_days).fit(lines, spec.as_of, fitted=candidate)
@@ -255,9 +254,8 @@ def evaluate_recommender(spec: TrainSpec) -> RecEvaluation:
     with tempfile.TemporaryDirectory() as tmp:
         version, d = registry.load_champion_dir("recs", Path(tmp) / "recs")
         model = Recommender.load(d)
-    scored = scored_customers(lines, spec.as_of, spec)
-    metrics = _scores(model, lines, spec.as_of, spec.horizon_days, scored)
+    split = holdout_truth(lines, spec.as_of, spec.horizon_days, scored_customers(lines, spec.as_of, spec))
+    metrics = _scores(model, split)
     before = lines[lines["invoice_ts"] < spec.as_of]
-    baselines = {name: _scores(cls().fit(before, spec.as_of), lines, spec.as_of, spec.horizon_days, scored)
-                 for name, cls in BASELINES.items()}
+    baselines = {name: _scores(cls().fit(before, spec.as_of), split) for name, cls in BASELINES.items()}
     return RecEvaluation("recs", version, metrics, baselines, {})
