@@ -23,6 +23,7 @@ import time
 from concurrent.futures import BrokenExecutor, ProcessPoolExecutor
 from typing import Any
 
+from patron.serving.errors import LaneUnavailable
 from patron.settings import PatronSettings
 
 log = logging.getLogger(__name__)
@@ -83,10 +84,6 @@ def _call(endpoint: str, body: str) -> bytes:
 
 
 # ------------------------------------------------------------------------- in the worker
-
-
-class LaneUnavailable(Exception):
-    """The CRM lane is starting again after it stopped; the call may be retried."""
 
 
 class CrmLane:

@@ -18,8 +18,9 @@ import pandas as pd
 from patron.features.events import Fresh, apply_purchases
 from patron.serving import schemas as S
 from patron.serving.champions import Champions
-from patron.serving.online import CustomerFeatures, FeaturesUnavailable
-from patron.serving.runtime import EventsUnavailable, Runtime
+from patron.serving.errors import EventsUnavailable, FeaturesUnavailable
+from patron.serving.online import CustomerFeatures
+from patron.serving.runtime import Runtime
 from patron.training.customer.churn import risk_band
 from patron.training.recs.sources import SOURCES
 

@@ -17,12 +17,10 @@ import pandas as pd
 
 from patron.features.catalog import CHURN_SERVICE
 from patron.features.events import RECENT_VIEW, Fresh
+from patron.serving.errors import FeaturesUnavailable
 
 log = logging.getLogger(__name__)
 
-
-class FeaturesUnavailable(Exception):
-    """The online store cannot be read right now."""
 
 
 

@@ -16,18 +16,12 @@ import time
 from patron.features.catalog import CHURN_SERVICE
 from patron.features.events import RECENT_VIEW, EventLog, publish
 from patron.serving.champions import ALL_KINDS, Champions, ModelRefused, champion_versions, load_champions
+from patron.serving.errors import NotReady
 from patron.serving.online import OnlineFeatures, RecentEvents
 from patron.settings import PatronSettings
 
 log = logging.getLogger(__name__)
 
-
-class EventsUnavailable(Exception):
-    """The event log cannot be written (disk full, locked beyond the timeout): nothing was stored."""
-
-
-class NotReady(Exception):
-    """No champion models are loaded (yet)."""
 
 
 

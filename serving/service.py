@@ -8,7 +8,10 @@ Why it is shaped like this (measurements in docs/benchmarks.md):
 * the access log and the per-request tracing middleware are off for the API routes: together
   they cost about as much CPU as the endpoint's own work;
 * the models load in a background thread, so that /livez answers at once and /readyz says false
-  until the champions and the online store are ready; requests before that get a 503.
+  until the champions and the online store are ready; requests before that get a 503. The CRM
+  lane loads its models in its own process at the same time;
+* the serving supervisor imports this module too, to read the service's configuration, and loads
+  no model: the models' libraries (MLflow, scikit-learn, PyTorch) are imported by the workers only.
 
 The CRM's batch endpoints read up to a thousand customers from the online store; that read runs in
 a worker thread so it never stalls the storefront's requests on the event loop.
@@ -22,7 +25,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import anyio
 import bentoml
@@ -30,13 +33,15 @@ from starlette.responses import JSONResponse, Response
 
 from patron.compat import uvicorn_http
 from patron.compat.bentoml_timeout import cancel_request_timers
-from patron.serving import logic, openapi
+from patron.serving import openapi
 from patron.serving import schemas as S
-from patron.serving.crm_lane import CrmLane, LaneUnavailable
+from patron.serving.crm_lane import CrmLane
 from patron.serving.edge import KEY_ID, Edge
-from patron.serving.online import FeaturesUnavailable
-from patron.serving.runtime import EventsUnavailable, NotReady, Runtime
+from patron.serving.errors import EventsUnavailable, FeaturesUnavailable, LaneUnavailable, NotReady
 from patron.settings import PatronSettings
+
+if TYPE_CHECKING:
+    from patron.serving.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -113,17 +118,19 @@ class Patron:
         warnings.filterwarnings("ignore", message="Accessing the 'model_fields' attribute on the instance",
                                 category=DeprecationWarning, module=r"_bentoml_(sdk|impl)\.")
         cancel_request_timers()  # before the first request: BentoML's timeout middleware keeps no timers
+        from patron.serving import logic
+        from patron.serving.runtime import Runtime
+
+        self._logic = logic
         settings = PatronSettings()
         self.runtime = Runtime(settings)
         self.lane = CrmLane(settings)
-        threading.Thread(target=self._load, name="patron-load", daemon=True).start()
+        # the lane's process loads its models while this one loads its own
+        threading.Thread(target=self.lane.start, name="patron-lane-start", daemon=True).start()
+        threading.Thread(target=self.runtime.reload, name="patron-load", daemon=True).start()
         self._metrics = _EventMetrics()
         self._stop = threading.Event()
         threading.Thread(target=self._publisher, name="patron-events", daemon=True).start()
-
-    def _load(self) -> None:
-        self.runtime.reload()
-        self.lane.start()
 
     def _publisher(self) -> None:
         """Publishes customers whose events are stored but not yet online (after a failed push or a
@@ -167,17 +174,17 @@ class Patron:
     @bentoml.api(route="/recommend", input_spec=S.RecommendRequest, output_spec=S.RecommendResponse)
     async def recommend(self, **fields) -> S.RecommendResponse:
         """Ranked items for a customer, an anonymous basket, or nobody (best sellers)."""
-        return await self._call(logic.recommend, S.RecommendRequest(**fields))
+        return await self._call(self._logic.recommend, S.RecommendRequest(**fields))
 
     @bentoml.api(route="/similar_items", input_spec=S.SimilarItemsRequest, output_spec=S.SimilarItemsResponse)
     async def similar_items(self, **fields) -> S.SimilarItemsResponse:
         """Items most often bought with the given item."""
-        return await self._call(logic.similar_items, S.SimilarItemsRequest(**fields))
+        return await self._call(self._logic.similar_items, S.SimilarItemsRequest(**fields))
 
     @bentoml.api(route="/popular", input_spec=S.PopularRequest, output_spec=S.PopularResponse)
     async def popular(self, **fields) -> S.PopularResponse:
         """Best sellers: most distinct buyers over the last ``days`` days."""
-        return await self._call(logic.popular, S.PopularRequest(**fields))
+        return await self._call(self._logic.popular, S.PopularRequest(**fields))
 
     @bentoml.api(route="/churn", input_spec=S.CustomersRequest, output_spec=S.ChurnResponse)
     async def churn(self, **fields) -> S.ChurnResponse:
@@ -192,7 +199,7 @@ class Patron:
     @bentoml.api(route="/customer", input_spec=S.CustomerRequest, output_spec=S.CustomerResponse)
     async def customer(self, **fields) -> S.CustomerResponse:
         """One customer's profile: key features, churn, LTV, recent orders and recommendations."""
-        return await self._call(logic.customer, S.CustomerRequest(**fields), thread=True)
+        return await self._call(self._logic.customer, S.CustomerRequest(**fields), thread=True)
 
     @bentoml.api(route="/events", input_spec=S.EventsRequest, output_spec=S.EventsResponse)
     async def events(self, ctx: bentoml.Context, **fields) -> S.EventsResponse:
@@ -203,7 +210,7 @@ class Patron:
 
     def _events(self, rt: Runtime, request: S.EventsRequest, key_id: str | None) -> S.EventsResponse:
         started = time.perf_counter()
-        answer = logic.events(rt, request, key_id)
+        answer = self._logic.events(rt, request, key_id)
         self._metrics.record(answer, time.perf_counter() - started)
         return answer
 

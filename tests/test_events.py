@@ -310,7 +310,7 @@ def test_a_log_that_cannot_be_written_is_a_503_not_a_500(tmp_path: Path) -> None
 
     from patron.serving import logic
     from patron.serving import schemas as S
-    from patron.serving.runtime import EventsUnavailable
+    from patron.serving.errors import EventsUnavailable
 
     class Full(EventLog):
         def append(self, raw_events, now=None, **rules):
