@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 
 from patron.errors import NotFittedError, PatronError
-from patron.rules import product_sale
+from patron.rules import PRODUCT_SALE_SQL, product_sale
 from patron.times import utc_timestamp
 from patron.training.formats import check_format
 
@@ -64,10 +64,10 @@ class SessionParams:
     max_basket: int = 64  # items sampled per basket and epoch; bulk orders of 700 lines add no signal
     max_targets: int = 24  # held-out items per basket and epoch, so big baskets do not dominate
     # held-out items x catalogue items per epoch (each held-out item is scored against the whole
-    # catalogue: an epoch costs about a minute per 4e9 on two cores). Above it, each epoch trains on
-    # a sample of the baskets, recent ones more likely, weighted so that the loss stays the one over
+    # catalogue: an epoch costs about 15 s per 1e9 on two cores). Above it, each epoch trains on a
+    # sample of the baskets, recent ones more likely, weighted so that the loss stays the one over
     # all baskets. The shipped shop needs at most 0.75e9 (as of its last day): it is never sampled.
-    max_epoch_cells: int = 1_600_000_000
+    max_epoch_cells: int = 800_000_000
     keep_min: float = 1.0  # each basket keeps a uniform fraction in [keep_min, 1] of its context
     half_life_days: float | None = 60.0  # recency weight of a basket; None weighs all alike
     init_scale: float = 0.1
@@ -108,6 +108,24 @@ def basket_lines(lines: pd.DataFrame, as_of: dt.date | dt.datetime | pd.Timestam
     })
 
 
+BASKET_COLUMNS = ("invoice_no", "item_id", "quantity", "invoice_ts", "line_class")
+
+# product sales before $t, one row per distinct (invoice, item), of the invoices with two or more
+# distinct items; each basket dated by its first line. The vocabulary: the items of those baskets,
+# coded in sorted order.
+BASKETS_SQL = """
+WITH l AS (
+    SELECT invoice_no::VARCHAR AS inv, item_id::VARCHAR AS item, min(invoice_ts) AS ts
+    FROM {lines} WHERE {sale} AND invoice_ts < $t
+    GROUP BY ALL
+), b AS (
+    SELECT inv, min(ts) AS bts FROM l GROUP BY inv HAVING count(*) >= 2
+)
+SELECT l.inv, l.item, b.bts FROM l JOIN b USING (inv)
+"""
+VOCABULARY_SQL = "SELECT item, (row_number() OVER (ORDER BY item) - 1)::BIGINT AS code FROM (SELECT DISTINCT item FROM bl)"
+
+
 @dataclass
 class Baskets:
     """Distinct items per invoice as a CSR structure over a sorted item index."""
@@ -118,26 +136,42 @@ class Baskets:
     age_days: np.ndarray  # float64, days between the invoice and as_of
 
     @classmethod
-    def build(cls, lines: pd.DataFrame, as_of: dt.date | dt.datetime | pd.Timestamp | str) -> "Baskets":
-        """Baskets with at least two distinct items. Items that never shared a basket with another
-        item are left out of the vocabulary: nothing could be learned about them."""
+    def build(cls, lines: "pd.DataFrame | Path", as_of: dt.date | dt.datetime | pd.Timestamp | str) -> "Baskets":
+        """Baskets with at least two distinct items, from order lines in memory or from the committed
+        lines of a data folder (read by DuckDB: no frame of the lines is built). Items that never
+        shared a basket with another item are left out of the vocabulary: nothing could be learned
+        about them. Baskets come in time order, then by invoice number, so that the same lines
+        always give the same baskets."""
+        from patron import duck
+
         t = utc_timestamp(as_of)
-        df = basket_lines(lines, t).drop_duplicates(["invoice_no", "item_id"])
-        size = df.groupby("invoice_no", sort=False)["item_id"].transform("size")
-        df = df[size.to_numpy() >= 2]
-        if df.empty:
+        with duck.connect() as con:
+            if isinstance(lines, pd.DataFrame):
+                missing = [c for c in BASKET_COLUMNS if c not in lines.columns]
+                if missing:
+                    raise ValueError(f"order lines need the columns {missing}; got {list(lines.columns)}")
+                con.register("given_lines", lines[list(BASKET_COLUMNS)])
+                source = "given_lines"
+            else:
+                from patron.features.ingest import OrderStore
+
+                source = OrderStore(Path(lines)).scan()
+                if source is None:
+                    raise ValueError(f"no order lines under {lines}: run `patron ingest` first")
+            con.execute(f"CREATE TEMP TABLE bl AS {BASKETS_SQL.format(lines=source, sale=PRODUCT_SALE_SQL)}",
+                        {"t": t.to_pydatetime()})
+            con.execute(f"CREATE TEMP TABLE vocabulary AS {VOCABULARY_SQL}")
+            items = con.execute("SELECT item FROM vocabulary ORDER BY code").fetchnumpy()["item"]
+            codes = con.execute("SELECT v.code FROM bl JOIN vocabulary v USING (item) ORDER BY bl.bts, bl.inv, bl.item"
+                                ).fetchnumpy()["code"]
+            per = con.execute("SELECT epoch_us(bts) AS us, count(*) AS n FROM bl GROUP BY inv, bts ORDER BY bts, inv"
+                              ).fetchnumpy()
+        if len(codes) == 0:
             return cls(np.array([], dtype=str), np.zeros(1, np.int64), np.zeros(0, np.int64), np.zeros(0))
-        items = np.unique(df["item_id"].to_numpy())
-        # invoices in time order, then by number, so that the same lines always give the same baskets
-        first_ts = df.groupby("invoice_no", sort=False)["invoice_ts"].transform("min")
-        df = df.assign(_ts=first_ts.to_numpy()).sort_values(["_ts", "invoice_no", "item_id"], kind="stable")
-        inv_codes, _ = pd.factorize(df["invoice_no"])  # order of appearance == sorted order above
-        counts = np.bincount(inv_codes)
-        indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-        indices = np.searchsorted(items, df["item_id"].to_numpy()).astype(np.int64)
-        start = df["_ts"].dt.tz_convert(None).to_numpy()[indptr[:-1]]  # datetime64 in UTC
-        age = (t.tz_convert(None).to_datetime64() - start) / np.timedelta64(1, "s") / 86_400.0
-        return cls(items, indptr, indices, age)
+        indptr = np.concatenate([[0], np.cumsum(per["n"])]).astype(np.int64)
+        t_us = (t - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(microseconds=1)
+        age = (t_us - per["us"].astype(np.int64)) / 1e6 / 86_400.0
+        return cls(np.asarray(items, dtype=str), indptr, np.asarray(codes, np.int64), age)
 
     @property
     def n_baskets(self) -> int:
@@ -166,9 +200,9 @@ class SessionModel:
         self.summary: dict[str, Any] = {}
 
     # ---- training
-    def fit(self, lines: pd.DataFrame, as_of: dt.date | dt.datetime | pd.Timestamp | str) -> Self:
-        """Learn from the baskets of ``lines`` strictly before ``as_of`` (later lines are ignored, so
-        a backtest cannot see its own future)."""
+    def fit(self, lines: "pd.DataFrame | Path", as_of: dt.date | dt.datetime | pd.Timestamp | str) -> Self:
+        """Learn from the baskets of ``lines`` (order lines, or a data folder's committed lines)
+        strictly before ``as_of`` (later lines are ignored, so a backtest cannot see its own future)."""
         import torch  # training only: serving a saved model must not need torch
         import torch.nn.functional as F
 
