@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from patron.times import to_utc
+from patron.training.recs.history import lines_before
 
 Truth = Mapping[int, frozenset]
 
@@ -89,8 +90,7 @@ def ground_truth(lines: pd.DataFrame, as_of: dt.date | dt.datetime, horizon_days
 
 def population(lines: pd.DataFrame, as_of: dt.date | dt.datetime) -> np.ndarray:
     """Customers with a valid purchase strictly before ``as_of`` (sorted)."""
-    before = lines[lines["invoice_ts"] < to_utc(as_of)]
-    return np.sort(before["customer_id"].unique())
+    return np.sort(lines_before(lines, to_utc(as_of))["customer_id"].unique())
 
 
 def seen_items(lines: pd.DataFrame, as_of: dt.date | dt.datetime, customers=None) -> dict[int, frozenset]:

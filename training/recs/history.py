@@ -16,7 +16,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from patron import duck
-from patron.times import to_utc
+from patron.times import to_utc, utc_timestamp
 
 DAY = np.timedelta64(86_400_000_000, "us")
 
@@ -25,6 +25,26 @@ def product_lines(lines: pd.DataFrame) -> pd.DataFrame:
     """The lines that name a product: exports without product detail still train churn and LTV,
     but there is nothing to recommend from them."""
     return lines[lines["item_id"].notna()] if lines["item_id"].isna().any() else lines
+
+
+def lines_before(lines: pd.DataFrame, t) -> pd.DataFrame:
+    """The lines strictly before ``t``. Lines in time order (as ``load_lines`` gives them) are cut
+    at ``t`` without a copy: at ten million lines each copy of the frame is gigabytes."""
+    ts = lines["invoice_ts"]
+    t = utc_timestamp(t) if getattr(ts.dtype, "tz", None) is not None else pd.Timestamp(t)
+    if ts.is_monotonic_increasing:
+        return lines.iloc[:int(ts.searchsorted(t, side="left"))]
+    return lines[ts < t]
+
+
+def in_time_order(lines: pd.DataFrame) -> bool:
+    """Whether the lines are sorted by (invoice_ts, invoice_no), as ``load_lines`` gives them."""
+    ts = lines["invoice_ts"].astype("int64").to_numpy()  # microseconds (nanoseconds): no Timestamp objects
+    if len(ts) < 2:
+        return True
+    inv = lines["invoice_no"].to_numpy()
+    later, same = ts[1:] > ts[:-1], ts[1:] == ts[:-1]
+    return bool((later | (same & (inv[1:] >= inv[:-1]))).all())
 
 
 def item_codes(item_ids, items: np.ndarray) -> np.ndarray:
@@ -65,10 +85,11 @@ class History:
     def from_lines(cls, lines: pd.DataFrame, as_of) -> "History":
         as_of = to_utc(as_of)
         t0 = pd.Timestamp(as_of)
-        df = product_lines(lines[lines["invoice_ts"] < t0])
+        df = product_lines(lines_before(lines, t0))
         if df.empty:
             raise ValueError(f"no order lines with a product before {as_of:%Y-%m-%d}")
-        df = df.sort_values(["invoice_ts", "invoice_no"], kind="stable")
+        if not in_time_order(df):
+            df = df.sort_values(["invoice_ts", "invoice_no"], kind="stable")
         customers = df["customer_id"].drop_duplicates().to_numpy(np.int64)
         items = np.sort(df["item_id"].astype(str).unique()).astype(str)
         c_map = pd.Series(np.arange(len(customers)), index=customers)

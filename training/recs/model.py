@@ -36,7 +36,7 @@ from patron.training.recs.base import (
     save_arrays,
     write_meta,
 )
-from patron.training.recs.history import History, product_lines
+from patron.training.recs.history import History, lines_before, product_lines
 from patron.training.recs.params import RecParams
 from patron.training.recs.sources import FEATURES, PAIR_FEATURES, SOURCES, Sources
 from patron.training.recs.topn import block_rows, map_blocks
@@ -174,7 +174,7 @@ class Recommender(RecommenderBase):
         as_of = to_utc(as_of)
         p = self.params
         t_start = time.perf_counter()
-        lines = product_lines(lines[lines["invoice_ts"] < pd.Timestamp(as_of)])
+        lines = product_lines(lines_before(lines, as_of))
         if lines.empty:
             raise ValueError(f"no order lines with a product before {as_of:%Y-%m-%d}")
         t_train = as_of - dt.timedelta(days=p.label_days)

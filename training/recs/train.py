@@ -27,6 +27,7 @@ from patron.training import plots, registry
 from patron.training.data import known_customers, load_lines
 from patron.training.recs.baselines import BASELINES, ALSRecommender
 from patron.training.recs.eval import HoldoutTruth, evaluate, holdout_truth, population, score_lists
+from patron.training.recs.history import lines_before
 from patron.training.recs.model import Recommender
 from patron.training.spec import TrainResult, TrainSpec, model_card
 
@@ -88,7 +89,7 @@ def train_recommender(spec: TrainSpec) -> TrainResult:
                 "feature_service": FEATURE_SERVICE,
             }
         )
-        before = lines[lines["invoice_ts"] < holdout]
+        before = lines_before(lines, holdout)
         metrics: dict[str, float] = {}
         baselines: dict[str, dict[str, float]] = {}
         champion_scorer = None
@@ -161,11 +162,9 @@ def _attach_session_model(model: Recommender, spec: TrainSpec, notes: list[str])
     """Fit the basket-completion model on every basket before as_of (guests' too) and attach it."""
     from patron.training.recs.session import SessionModel
 
-    baskets = load_lines(spec.data_dir, end=spec.as_of, valid_only=False,
-                         columns=("customer_id", "invoice_no", "item_id", "quantity", "unit_price", "amount", "invoice_ts", "line_class"))
     t0 = time.perf_counter()
     try:
-        session = SessionModel().fit(baskets, spec.as_of)
+        session = SessionModel().fit(spec.data_dir, spec.as_of)  # baskets read by DuckDB, not as a frame
     except ValueError as exc:  # too few baskets of two or more items: co-purchase alone serves them
         notes.append(f"no session model: {exc}")
         return
@@ -256,6 +255,6 @@ def evaluate_recommender(spec: TrainSpec) -> RecEvaluation:
         model = Recommender.load(d)
     split = holdout_truth(lines, spec.as_of, spec.horizon_days, scored_customers(lines, spec.as_of, spec))
     metrics = _scores(model, split)
-    before = lines[lines["invoice_ts"] < spec.as_of]
+    before = lines_before(lines, spec.as_of)
     baselines = {name: _scores(cls().fit(before, spec.as_of), split) for name, cls in BASELINES.items()}
     return RecEvaluation("recs", version, metrics, baselines, {})
