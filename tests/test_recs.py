@@ -413,12 +413,15 @@ def _stable_order(scores: np.ndarray) -> np.ndarray:
     return np.argsort(-np.where(np.isfinite(scores), scores, -np.inf), axis=1, kind="stable")
 
 
-def test_the_top_n_of_a_block_is_the_head_of_a_full_stable_sort() -> None:
-    """Partition-based selection, ties included (few distinct scores), equals sorting every row."""
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_top_n_of_a_block_is_the_head_of_a_full_stable_sort(dtype) -> None:
+    """Partition-based selection, ties included (few distinct scores, -0.0 and 0.0 alike), equals
+    sorting every row, for the key sort of float32 scores and the per-row sort of others."""
     from patron.training.recs.topn import top_dense
 
     rng = np.random.default_rng(1)
-    scores = rng.integers(0, 4, (30, 50)).astype(np.float32)
+    scores = (rng.integers(0, 4, (30, 50)) - 1).astype(dtype)
+    scores[rng.random(scores.shape) < 0.1] = -0.0
     scores[rng.random(scores.shape) < 0.15] = np.nan
     seen = np.nonzero(rng.random(scores.shape) < 0.2)
     for cap in (1, 5, 13, 50, 80):
@@ -431,6 +434,27 @@ def test_the_top_n_of_a_block_is_the_head_of_a_full_stable_sort() -> None:
                         if j < cap and np.isfinite(s[r, c])]
             got = list(zip(*(a.tolist() for a in top_dense(scores, cap, exclude))))
             assert got == expected, (cap, exclude is None)
+
+
+def test_both_top_n_lists_from_one_selection_equal_two_selections() -> None:
+    """The first items among all and among the unseen, from one partition, equal two partitions;
+    ties, missing scores, rows that saw much and rows that saw nothing included."""
+    from patron.training.recs.topn import top_dense, top_dense_both
+
+    rng = np.random.default_rng(2)
+    scores = rng.integers(0, 5, (40, 60)).astype(np.float32)
+    scores[rng.random(scores.shape) < 0.1] = -np.inf
+    scores[3] = np.nan
+    seen_mask = rng.random(scores.shape) < rng.uniform(0, 0.6, (40, 1))
+    seen_mask[5] = False
+    seen = np.nonzero(seen_mask)
+    for cap in (1, 7, 30, 60, 100):
+        every, unseen = top_dense_both(scores, cap, seen)
+        for got, want in ((every, top_dense(scores, cap)), (unseen, top_dense(scores, cap, seen))):
+            assert all(np.array_equal(g, w) for g, w in zip(got, want)), cap
+    empty = (np.zeros(0, np.int64), np.zeros(0, np.int64))
+    every, unseen = top_dense_both(scores, 9, empty)
+    assert all(np.array_equal(a, b) for a, b in zip(every, unseen))
 
 
 def test_the_first_unseen_items_of_a_global_order_and_their_ranks() -> None:
@@ -566,3 +590,18 @@ def test_a_holdout_scored_on_a_sample_counts_only_the_sampled_customers(fitted, 
     truth = {c: t for c, t in ground_truth(lines, holdout, 30).items() if c in set(sample.tolist())}
     assert part["customers"] == len(truth) < whole["customers"]
     assert part["recall@5"] == pytest.approx(evaluate(model.recommend(sample, k=5), truth, 5)["recall@5"])
+
+
+def test_lines_in_any_order_give_the_same_history_and_are_cut_without_a_copy_when_in_time_order(cluster) -> None:
+    from patron.training.recs.history import History, in_time_order, lines_before
+
+    lines, _, _ = cluster
+    t = pd.Timestamp("2011-04-01", tz="UTC")
+    cut = lines_before(lines, t)
+    assert in_time_order(lines) and cut["invoice_ts"].max() < t <= lines["invoice_ts"].iloc[len(cut)]
+    assert np.shares_memory(cut["invoice_ts"].values, lines["invoice_ts"].values)
+    shuffled = lines.sample(frac=1.0, random_state=3)
+    assert not in_time_order(shuffled)
+    pd.testing.assert_frame_equal(lines_before(shuffled, t).sort_index(), cut)
+    a, b = History.from_lines(lines, AS_OF).to_arrays(), History.from_lines(shuffled, AS_OF).to_arrays()
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)

@@ -22,9 +22,9 @@ import pandas as pd
 import scipy.sparse as sp
 
 from patron.training.recs.baselines import als_confidence, ease_columns, ease_weights, fit_als
-from patron.training.recs.history import DAY, History, item_codes, product_lines
+from patron.training.recs.history import DAY, History, item_codes, lines_before, product_lines
 from patron.training.recs.params import RecParams
-from patron.training.recs.topn import global_unseen_rank, pair_keys, rank_table, top_dense, top_global
+from patron.training.recs.topn import global_unseen_rank, pair_keys, rank_table, top_dense_both, top_global
 
 SOURCES = ("buy_again", "co_purchase", "als", "ease", "trending", "popular")
 BUY, COP, ALS, EASE, TREND, POP = range(6)
@@ -102,7 +102,7 @@ class Sources:
     @classmethod
     def build(cls, lines: pd.DataFrame, as_of: dt.datetime, p: RecParams) -> "Sources":
         t0 = pd.Timestamp(as_of)
-        lines = product_lines(lines[lines["invoice_ts"] < t0])
+        lines = product_lines(lines_before(lines, t0))
         h = History.from_lines(lines, as_of)
         s = cls(h, p)
         s.S = basket_similarity(lines, h.items, p.cop_neighbours, p.cop_shrink)
@@ -228,14 +228,6 @@ class Sources:
 
     # ---- candidates and features for a block of customers
     @property
-    def pair_key_all(self) -> np.ndarray:
-        """Sorted pair keys (customer row, item) of the whole history."""
-        if getattr(self, "_pair_key_all", None) is None:
-            h = self.h
-            self._pair_key_all = pair_keys(np.repeat(np.arange(h.n_customers), np.diff(h.indptr)), h.indices, h.n_items)
-        return self._pair_key_all
-
-    @property
     def ease_pos(self) -> np.ndarray:
         """Each item's column in the EASE weights, -1 for items outside the capped set."""
         if getattr(self, "_ease_pos", None) is None:
@@ -255,7 +247,7 @@ class Sources:
 
     def warm(self) -> "Sources":
         """Compute the lazily built matrices once, before blocks are scored by several threads."""
-        _ = (self.X, self.P, self.W, self.inv_key, self.pair_key_all, self.ease_pos, self.global_orders())
+        _ = (self.X, self.P, self.W, self.inv_key, self.ease_pos, self.global_orders())
         return self
 
     def candidates(self, rows: np.ndarray, new_only: bool) -> dict[str, np.ndarray]:
@@ -278,19 +270,20 @@ class Sources:
         seen = (s_rows, s_cols)
         # source scores, dense over the block (rows x items: bounded by the block size)
         shape = (nb, n_i)
+        # each source's first items among all and among the unseen, from one selection
         als = self.U[rows] @ self.V.T
-        als_all = rank_table(shape, top_dense(als, cap), cap)
-        als_top = top_dense(als, cap, seen)
+        als_sel, als_top = top_dense_both(als, cap, seen)
+        als_all = rank_table(shape, als_sel, cap)
         ease_cols = self.ease_cols
         E = (self.P[rows][:, ease_cols] @ self.B) if len(ease_cols) else np.zeros((nb, 0), np.float32)
         ease = np.full(shape, np.nan, np.float32)
         ease[:, ease_cols] = E
-        ease_all = rank_table(shape, top_dense(ease, cap), cap)
-        ease_top = top_dense(ease, cap, seen)
+        ease_sel, ease_top = top_dense_both(ease, cap, seen)
+        ease_all = rank_table(shape, ease_sel, cap)
         cop = (self.W[rows] @ self.S).toarray()
         cop_pos = np.where(cop > 0, cop, -np.inf)
-        cop_all = rank_table(shape, top_dense(cop_pos, cap), cap)
-        cop_top = top_dense(cop_pos, cap, seen)
+        cop_sel, cop_top = top_dense_both(cop_pos, cap, seen)
+        cop_all = rank_table(shape, cop_sel, cap)
         pop_order, trend_order = self.global_orders()
         # history candidates: the max_history items with the highest frequency x recency
         entries = []
@@ -322,13 +315,14 @@ class Sources:
         # postage, fees and manual lines are bought, but never chosen: no list offers them
         best = best[h.item_nonproduct[ec[best]] == 0]
         pr, pi, prior, source = er[best], ec[best], ek[best], es[best]
-        # pair features from the customer x item history
+        # pair features from the customer x item history, looked up among the block's own pairs
+        # (sorted by block row, then item, as the History stores them)
         h_rows = rows[pr]
-        all_keys = self.pair_key_all
-        gk = pair_keys(h_rows, pi, n_i)
-        at = np.minimum(np.searchsorted(all_keys, gk), max(len(all_keys) - 1, 0))
-        b = all_keys[at] == gk if len(all_keys) else np.zeros(len(gk), bool)
-        pp = np.where(b, at, 0)
+        block_keys = pair_keys(s_rows, s_cols, n_i)
+        gk = pair_keys(pr, pi, n_i)
+        at = np.minimum(np.searchsorted(block_keys, gk), max(len(block_keys) - 1, 0))
+        b = block_keys[at] == gk if len(block_keys) else np.zeros(len(gk), bool)
+        pp = np.where(b, gpos[at] if len(gpos) else 0, 0)
 
         def hv(arr):
             return np.where(b, arr[pp].astype(np.float64), np.nan)

@@ -32,6 +32,20 @@ def rank_table(shape: tuple[int, int], selected: tuple[np.ndarray, np.ndarray, n
     return table
 
 
+_MAX_KEY_ROWS, _MAX_KEY_COLS = 1 << 10, 1 << 22  # 10 bits of row, 32 of score, 22 of column
+
+
+def _key_order(rows: np.ndarray, cols: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, cols) ordered by row, then decreasing value, then column: one sort of 64-bit keys
+    (the float32 value's bits made order-preserving), not a stable argsort per row."""
+    b = (values.astype(np.float32) + np.float32(0.0)).view(np.uint32)  # + 0.0: -0.0 ties with 0.0
+    ascending = np.where(b & np.uint32(0x80000000), ~b, b | np.uint32(0x80000000))
+    key = ((rows.astype(np.uint64) << np.uint64(54)) | ((~ascending).astype(np.uint64) << np.uint64(22))
+           | cols.astype(np.uint64))
+    key.sort()
+    return (key >> np.uint64(54)).astype(np.int64), (key & np.uint64(_MAX_KEY_COLS - 1)).astype(np.int64)
+
+
 def top_dense(scores: np.ndarray, cap: int, exclude: tuple[np.ndarray, np.ndarray] | None = None
               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The first ``cap`` finite entries of each row of a dense block, by decreasing score (ties:
@@ -58,7 +72,9 @@ def top_dense(scores: np.ndarray, cap: int, exclude: tuple[np.ndarray, np.ndarra
     chosen &= s > -np.inf
     rows, cols = np.nonzero(chosen)  # row, then column order
     counts = np.bincount(rows, minlength=n_rows)
-    if (counts == k).all():  # the usual case: k per row, sorted row by row (stable: lower column first)
+    if s.dtype == np.float32 and n_rows <= _MAX_KEY_ROWS and n_cols <= _MAX_KEY_COLS:
+        rows, cols = _key_order(rows, cols, s[rows, cols])
+    elif (counts == k).all():  # k per row, sorted row by row (stable: lower column first)
         c2 = cols.reshape(n_rows, k)
         order = np.argsort(-np.take_along_axis(s, c2, axis=1), axis=1, kind="stable")
         cols = np.take_along_axis(c2, order, axis=1).ravel()
@@ -68,6 +84,28 @@ def top_dense(scores: np.ndarray, cap: int, exclude: tuple[np.ndarray, np.ndarra
     starts = np.cumsum(counts) - counts
     ranks = np.arange(len(rows)) - starts[rows]
     return rows.astype(np.int64), cols.astype(np.int64), ranks.astype(np.int64)
+
+
+def top_dense_both(scores: np.ndarray, cap: int, seen: tuple[np.ndarray, np.ndarray]):
+    """``(top_dense(scores, cap), top_dense(scores, cap, seen))`` from one selection: the first
+    ``cap + (most seen entries of a row)`` entries of each row hold every unseen entry among a row's
+    first ``cap`` unseen ones (at most that many seen entries rank above it), so both lists are
+    prefixes of it, the second after dropping what was seen."""
+    n_rows, n_cols = scores.shape
+    seen_rows, seen_cols = (np.asarray(a, np.int64) for a in seen)
+    most_seen = int(np.bincount(seen_rows, minlength=n_rows).max(initial=0)) if n_rows else 0
+    rows, cols, ranks = top_dense(scores, cap + most_seen)
+    head = ranks < cap
+    every = rows[head], cols[head], ranks[head]
+    if len(seen_rows):
+        seen_mask = np.zeros((n_rows, n_cols), bool)  # the block's size: a lookup, not a search
+        seen_mask[seen_rows, seen_cols] = True
+        unseen = ~seen_mask[rows, cols]
+        rows, cols = rows[unseen], cols[unseen]
+    counts = np.bincount(rows, minlength=n_rows)
+    urank = np.arange(len(rows)) - (np.cumsum(counts) - counts)[rows]
+    keep = urank < cap
+    return every, (rows[keep], cols[keep], urank[keep].astype(np.int64))
 
 
 def contains(sorted_keys: np.ndarray, keys: np.ndarray) -> np.ndarray:
