@@ -38,7 +38,7 @@ import pandas as pd
 
 from patron.errors import NotFittedError, PatronError
 from patron.training.formats import check_format
-from patron.training.recs.history import History
+from patron.training.recs.history import History, as_ids
 
 FORMAT_NAME = "patron-recs"
 FORMAT_VERSION = 2
@@ -259,10 +259,6 @@ class RecommenderBase(ABC):
         never bought)``."""
         return (self.recommend(customer_ids, k, reasons=False),
                 self.recommend(customer_ids, k, new_only=True, reasons=False))
-
-
-def as_ids(customer_ids: Iterable) -> np.ndarray:
-    return np.asarray(list(customer_ids) if not isinstance(customer_ids, np.ndarray) else customer_ids, np.int64)
 
 
 class DenseRecommender(RecommenderBase):

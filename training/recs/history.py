@@ -27,6 +27,11 @@ def product_lines(lines: pd.DataFrame) -> pd.DataFrame:
     return lines[lines["item_id"].notna()] if lines["item_id"].isna().any() else lines
 
 
+def as_ids(customer_ids: Iterable) -> np.ndarray:
+    """Customer ids as an int64 array (from any iterable)."""
+    return np.asarray(list(customer_ids) if not isinstance(customer_ids, np.ndarray) else customer_ids, np.int64)
+
+
 def lines_before(lines: pd.DataFrame, t) -> pd.DataFrame:
     """The lines strictly before ``t``. Lines in time order (as ``load_lines`` gives them) are cut
     at ``t`` without a copy: at ten million lines each copy of the frame is gigabytes."""
@@ -160,11 +165,11 @@ class History:
 
     def customer_index(self, customer_ids: Iterable) -> np.ndarray:
         """Internal row of each customer id, -1 for unknown customers."""
-        ids = np.asarray(list(customer_ids) if not isinstance(customer_ids, np.ndarray) else customer_ids)
+        ids = as_ids(customer_ids)
         if ids.size == 0:
             return np.zeros(0, np.int64)
         s = pd.Series(np.arange(self.n_customers), index=self.customers)
-        return s.reindex(ids.astype(np.int64)).fillna(-1).to_numpy(np.int64)
+        return s.reindex(ids).fillna(-1).to_numpy(np.int64)
 
     def item_index(self, item_ids: Iterable) -> np.ndarray:
         """Internal column of each item id, -1 for unknown items."""

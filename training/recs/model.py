@@ -27,7 +27,6 @@ from patron.times import to_utc
 from patron.training.recs.base import (
     NotFittedError,
     RecommenderBase,
-    as_ids,
     build_frame,
     empty_recs,
     fill_with_popular,
@@ -36,7 +35,7 @@ from patron.training.recs.base import (
     save_arrays,
     write_meta,
 )
-from patron.training.recs.history import History, lines_before, product_lines
+from patron.training.recs.history import History, as_ids, lines_before, product_lines
 from patron.training.recs.params import RecParams
 from patron.training.recs.sources import FEATURES, PAIR_FEATURES, SOURCES, Sources
 from patron.training.recs.topn import block_rows, map_blocks
@@ -310,17 +309,21 @@ class Recommender(RecommenderBase):
         if len(ids) == 0 or k <= 0:
             return empty_recs()
         rows = h.customer_index(ids)
-        pre = self.precomputed.get("discovery" if new_only else "repeat")
-        if pre is not None and k <= pre[0].shape[1]:
+        if self._precomputed_for("discovery" if new_only else "repeat", k):
             ranked = {int(r): self.ranked(int(r), new_only) for r in np.unique(rows[rows >= 0])}
             ranked = {r: (i[:k], s[:k], c[:k]) for r, (i, s, c) in ranked.items()}
         else:
             ranked = self._rank(rows, k, new_only, block)
         return self._frame(ids, rows, ranked, k, new_only, reasons)
 
+    def _precomputed_for(self, name: str, k: int) -> bool:
+        """Whether the precomputed ``name`` list serves a request for ``k`` items."""
+        pre = self.precomputed.get(name)
+        return pre is not None and k <= pre[0].shape[1]
+
     def lists(self, customer_ids: Iterable, k: int = 20) -> tuple[pd.DataFrame, pd.DataFrame]:
         """Both lists without reasons; without precomputed lists, from one candidate pass."""
-        if set(self.precomputed) == {"repeat", "discovery"} and k <= self.precomputed["repeat"][0].shape[1]:
+        if self._precomputed_for("repeat", k) and self._precomputed_for("discovery", k):
             return super().lists(customer_ids, k)
         h = self._check_model().h
         ids = as_ids(customer_ids)

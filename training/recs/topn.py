@@ -108,14 +108,6 @@ def top_dense_both(scores: np.ndarray, cap: int, seen: tuple[np.ndarray, np.ndar
     return every, (rows[keep], cols[keep], urank[keep].astype(np.int64))
 
 
-def contains(sorted_keys: np.ndarray, keys: np.ndarray) -> np.ndarray:
-    """Whether each key is in ``sorted_keys``."""
-    if len(sorted_keys) == 0:
-        return np.zeros(len(keys), bool)
-    pos = np.minimum(np.searchsorted(sorted_keys, keys), len(sorted_keys) - 1)
-    return sorted_keys[pos] == keys
-
-
 def _global_positions(order: np.ndarray, n_cols: int) -> np.ndarray:
     g = np.full(n_cols, -1, np.int64)
     g[order] = np.arange(len(order))
