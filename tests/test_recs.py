@@ -592,16 +592,48 @@ def test_a_holdout_scored_on_a_sample_counts_only_the_sampled_customers(fitted, 
     assert part["recall@5"] == pytest.approx(evaluate(model.recommend(sample, k=5), truth, 5)["recall@5"])
 
 
-def test_lines_in_any_order_give_the_same_history_and_are_cut_without_a_copy_when_in_time_order(cluster) -> None:
-    from patron.training.recs.history import History, in_time_order, lines_before
+def test_lines_in_any_order_give_the_same_history(cluster) -> None:
+    from patron.training.recs.history import History
 
     lines, _, _ = cluster
-    t = pd.Timestamp("2011-04-01", tz="UTC")
-    cut = lines_before(lines, t)
-    assert in_time_order(lines) and cut["invoice_ts"].max() < t <= lines["invoice_ts"].iloc[len(cut)]
-    assert np.shares_memory(cut["invoice_ts"].values, lines["invoice_ts"].values)
     shuffled = lines.sample(frac=1.0, random_state=3)
-    assert not in_time_order(shuffled)
-    pd.testing.assert_frame_equal(lines_before(shuffled, t).sort_index(), cut)
     a, b = History.from_lines(lines, AS_OF).to_arrays(), History.from_lines(shuffled, AS_OF).to_arrays()
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_a_data_folder_gives_the_history_and_truth_of_its_valid_lines_without_a_frame_of_them(tmp_path) -> None:
+    """The recommender reads a data folder's committed lines by DuckDB: the same history, sources
+    and holdout truth as the frame of valid lines, returns and cancellations left out."""
+    from conftest import line, write_raw
+
+    from patron.features.ingest import ingest
+    from patron.training.data import load_lines
+    from patron.training.recs.eval import holdout_truth
+    from patron.training.recs.history import History
+    from patron.training.recs.lines import OrderLines
+    from patron.training.recs.params import RecParams
+    from patron.training.recs.sources import Sources
+
+    rows = [line("1001", "A", 2, "2011-01-03 10:00", 1.5, "11"), line("1001", "B", 1, "2011-01-03 10:00", 3.0, "11"),
+            line("1002", "A", 1, "2011-01-10 09:00", 1.5, "12"), line("1003", "C", 4, "2011-01-12 12:00", 0.5, "12"),
+            line("C1004", "B", -1, "2011-01-13 12:00", 3.0, "11"),  # a cancellation: not a purchase
+            line("1005", "B", 1, "2011-02-02 08:00", 3.0, "12"), line("1006", "A", 1, "2011-02-03 08:00", 1.5, "11"),
+            line("1007", "POST", 1, "2011-02-04 08:00", 18.0, "13"), line("1008", "D", 1, "2011-02-05 08:00", 2.0, "13")]
+    data = tmp_path / "data"
+    ingest([write_raw(tmp_path / "raw.csv", rows)], data)
+    t = dt.datetime(2011, 2, 1, tzinfo=dt.timezone.utc)
+    folder, frame = OrderLines(data), load_lines(data)
+    a, b = History.from_lines(folder, t), History.from_lines(frame, t)
+    assert list(a.customers) == [11, 12] and list(a.items) == ["A", "B", "C"]  # first invoice order; sorted items
+    assert a.matrix(a.n_inv).toarray().tolist() == [[1, 1, 0], [1, 0, 1]]  # the cancellation bought nothing
+    assert all(np.array_equal(x, y) for x, y in zip(a.to_arrays().values(), b.to_arrays().values()))
+    p = RecParams(als_factors=2, als_iterations=2, ease_min_buyers=1)
+    sa, sb = Sources.build(folder, t, p).to_arrays("x_"), Sources.build(frame, t, p).to_arrays("x_")
+    assert all(np.array_equal(sa[k], sb[k], equal_nan=sa[k].dtype.kind == "f") for k in sa)
+    split = holdout_truth(folder, t, 30)
+    assert split.truth == {11: frozenset({"A"}), 12: frozenset({"B"})}  # D: nobody bought it before
+    assert split.truth_new == {12: frozenset({"B"})} and split.seen == {11: frozenset({"A", "B"}), 12: frozenset({"A", "C"})}
+    again = holdout_truth(frame, t, 30)
+    assert (split.truth, split.truth_new, split.seen) == (again.truth, again.truth_new, again.seen)
+    assert list(split.customers) == list(again.customers) == [11, 12]
+    assert not OrderLines(data, end=dt.datetime(2011, 1, 1, tzinfo=dt.timezone.utc)).has_products()

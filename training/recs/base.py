@@ -183,9 +183,10 @@ class RecommenderBase(ABC):
     def get_params(self) -> dict:
         """Constructor parameters (JSON values): what MLflow should log and ``load`` passes back."""
 
-    @abstractmethod
-    def fit(self, lines: pd.DataFrame, as_of) -> Self:
-        """Learn from the lines strictly before ``as_of`` (later lines are ignored)."""
+    def fit(self, lines, as_of) -> Self:
+        """Learn from the lines strictly before ``as_of`` (later lines are ignored): a frame, a
+        data folder or :class:`~patron.training.recs.lines.OrderLines`."""
+        return self.fit_history(History.from_lines(lines, as_of))
 
     def fit_history(self, h: History) -> Self:
         """Learn from a history already built (:meth:`History.from_lines`): the same as

@@ -31,9 +31,6 @@ class PopularityRecommender(DenseRecommender):
     def _popular_days(self) -> float:
         return self.days
 
-    def fit(self, lines: pd.DataFrame, as_of) -> Self:
-        return self.fit_history(History.from_lines(lines, as_of))
-
     def fit_history(self, h: History) -> Self:
         self.history = h
         return self
@@ -61,9 +58,6 @@ class BuyAgainRecommender(DenseRecommender):
 
     def _popular_days(self) -> float:
         return self.popular_days
-
-    def fit(self, lines: pd.DataFrame, as_of) -> Self:
-        return self.fit_history(History.from_lines(lines, as_of))
 
     def fit_history(self, h: History) -> Self:
         self.history = h
@@ -142,9 +136,6 @@ class EASERecommender(DenseRecommender):
     def _popular_days(self) -> float:
         return self.popular_days
 
-    def fit(self, lines: pd.DataFrame, as_of) -> Self:
-        return self.fit_history(History.from_lines(lines, as_of))
-
     def fit_history(self, h: History) -> Self:
         self.history = h
         X = h.matrix()
@@ -208,9 +199,6 @@ class ALSRecommender(DenseRecommender):
 
     def _popular_days(self) -> float:
         return self.popular_days
-
-    def fit(self, lines: pd.DataFrame, as_of) -> Self:
-        return self.fit_history(History.from_lines(lines, as_of))
 
     def fit_history(self, h: History, factors: tuple[np.ndarray, np.ndarray] | None = None) -> Self:
         """Fit on a history; ``factors``: (user, item) factors already fitted on it with this

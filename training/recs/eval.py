@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from patron.times import to_utc
-from patron.training.recs.history import lines_before
+from patron.training.recs.lines import OrderLines, epoch_us
 
 Truth = Mapping[int, frozenset]
 
@@ -64,42 +64,68 @@ def _dedup(ranked: Sequence) -> list:
     return out
 
 
-def split_window(lines: pd.DataFrame, as_of: dt.date | dt.datetime, horizon_days: int) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(lines before as_of, lines in [as_of, as_of + horizon))."""
+# Per customer of ``keep``, the distinct items bought in [t0, t1) that someone bought before t0, by
+# customers who bought a product before t0, and whether the customer had bought the item before.
+WINDOW_SQL = """
+WITH before AS (SELECT DISTINCT customer_id, item_id FROM lines
+                WHERE item_id IS NOT NULL AND epoch_us(invoice_ts) < $t0),
+     during AS (SELECT DISTINCT customer_id, item_id FROM lines
+                WHERE item_id IS NOT NULL AND epoch_us(invoice_ts) >= $t0 AND epoch_us(invoice_ts) < $t1)
+SELECT d.customer_id, d.item_id, b.customer_id IS NOT NULL AS seen
+FROM during d LEFT JOIN before b USING (customer_id, item_id)
+WHERE d.customer_id IN (SELECT customer_id FROM before) AND d.item_id IN (SELECT item_id FROM before)
+  AND d.customer_id IN (SELECT customer_id FROM keep)
+ORDER BY 1, 2
+"""
+SEEN_SQL = """SELECT DISTINCT customer_id, item_id FROM lines WHERE item_id IS NOT NULL AND epoch_us(invoice_ts) < $t0
+              AND customer_id IN (SELECT customer_id FROM keep) ORDER BY 1, 2"""
+
+
+def _query(lines, sql: str, t0: dt.datetime, t1: dt.datetime | None, customers) -> dict[str, np.ndarray]:
+    """``sql`` over the lines with ``keep``: the customers given, or every customer with a line."""
+    with OrderLines(lines).connect() as con:
+        if customers is None:
+            con.execute("CREATE TEMP VIEW keep AS SELECT DISTINCT customer_id FROM lines")
+        else:
+            con.register("keep", pd.DataFrame({"customer_id": np.asarray(customers, np.int64)}))
+        params = {"t0": epoch_us(t0)} | ({} if t1 is None else {"t1": epoch_us(t1)})
+        return con.execute(sql, params).fetchnumpy()
+
+
+def _sets(customer_ids: np.ndarray, item_ids: np.ndarray) -> dict[int, frozenset]:
+    """Rows sorted by customer -> {customer: frozenset of their items}."""
+    if len(customer_ids) == 0:
+        return {}
+    cust = np.asarray(customer_ids, np.int64)
+    starts = np.flatnonzero(np.r_[True, cust[1:] != cust[:-1]])
+    ends = np.r_[starts[1:], len(cust)]
+    items = np.asarray(item_ids, dtype=object)
+    return {int(cust[a]): frozenset(items[a:b].tolist()) for a, b in zip(starts, ends)}
+
+
+def _window(lines, as_of, horizon_days: int, customers=None) -> dict[str, np.ndarray]:
     t0 = to_utc(as_of)
-    t1 = t0 + dt.timedelta(days=horizon_days)
-    lines = lines[lines["item_id"].notna()]  # a line without a product cannot be recommended
-    ts = lines["invoice_ts"]
-    return lines[ts < t0], lines[(ts >= t0) & (ts < t1)]
+    return _query(lines, WINDOW_SQL, t0, t0 + dt.timedelta(days=horizon_days), customers)
 
 
-def ground_truth(lines: pd.DataFrame, as_of: dt.date | dt.datetime, horizon_days: int, new_only: bool = False) -> dict[int, frozenset]:
+def ground_truth(lines, as_of: dt.date | dt.datetime, horizon_days: int, new_only: bool = False) -> dict[int, frozenset]:
     """Per customer of the population, the set of items they bought in the window (see the module
-    docstring). Customers with an empty set are left out."""
-    before, window = split_window(lines, as_of, horizon_days)
-    population = set(before["customer_id"].unique().tolist())
-    existing = set(before["item_id"].unique().tolist())
-    w = window[window["customer_id"].isin(population) & window["item_id"].isin(existing)]
-    w = w[["customer_id", "item_id"]].drop_duplicates()
-    if new_only:
-        seen = before[["customer_id", "item_id"]].drop_duplicates()
-        w = w.merge(seen, on=["customer_id", "item_id"], how="left", indicator=True)
-        w = w[w["_merge"] == "left_only"].drop(columns="_merge")
-    return {int(c): frozenset(g.tolist()) for c, g in w.groupby("customer_id")["item_id"]}
+    docstring). Customers with an empty set are left out. ``lines``: a frame, a data folder or
+    :class:`~patron.training.recs.lines.OrderLines` (read by DuckDB)."""
+    w = _window(lines, as_of, horizon_days)
+    keep = ~np.asarray(w["seen"], bool) if new_only else slice(None)
+    return _sets(w["customer_id"][keep], w["item_id"][keep])
 
 
-def population(lines: pd.DataFrame, as_of: dt.date | dt.datetime) -> np.ndarray:
+def population(lines, as_of: dt.date | dt.datetime) -> np.ndarray:
     """Customers with a valid purchase strictly before ``as_of`` (sorted)."""
-    return np.sort(lines_before(lines, to_utc(as_of))["customer_id"].unique())
+    return OrderLines(lines).before(as_of).customers()
 
 
-def seen_items(lines: pd.DataFrame, as_of: dt.date | dt.datetime, customers=None) -> dict[int, frozenset]:
+def seen_items(lines, as_of: dt.date | dt.datetime, customers=None) -> dict[int, frozenset]:
     """Per customer (of ``customers`` if given), the items bought strictly before ``as_of``."""
-    before = lines[(lines["invoice_ts"] < to_utc(as_of)) & lines["item_id"].notna()][["customer_id", "item_id"]]
-    if customers is not None:
-        before = before[before["customer_id"].isin(np.asarray(customers))]
-    before = before.drop_duplicates()
-    return {int(c): frozenset(g.tolist()) for c, g in before.groupby("customer_id")["item_id"]}
+    r = _query(lines, SEEN_SQL, to_utc(as_of), None, customers)
+    return _sets(r["customer_id"], r["item_id"])
 
 
 def lists_by_customer(recs: pd.DataFrame) -> dict[int, list]:
@@ -148,13 +174,14 @@ class HoldoutTruth:
     customers: np.ndarray  # who is scored: the population, or a sample of it
 
 
-def holdout_truth(lines: pd.DataFrame, as_of: dt.date | dt.datetime, horizon_days: int, customers=None) -> HoldoutTruth:
+def holdout_truth(lines, as_of: dt.date | dt.datetime, horizon_days: int, customers=None) -> HoldoutTruth:
     """The truth of one split for the population before ``as_of``, or for ``customers`` (a sample of it)."""
     pop = population(lines, as_of) if customers is None else np.asarray(customers, np.int64)
-    keep = set(pop.tolist())
-    truth = {c: t for c, t in ground_truth(lines, as_of, horizon_days).items() if c in keep}
-    truth_new = {c: t for c, t in ground_truth(lines, as_of, horizon_days, new_only=True).items() if c in keep}
-    return HoldoutTruth(truth, truth_new, seen_items(lines, as_of, None if customers is None else pop), pop)
+    w = _window(lines, as_of, horizon_days, pop)
+    new = ~np.asarray(w["seen"], bool)
+    truth = _sets(w["customer_id"], w["item_id"])
+    truth_new = _sets(w["customer_id"][new], w["item_id"][new])
+    return HoldoutTruth(truth, truth_new, seen_items(lines, as_of, pop), pop)
 
 
 def score_lists(rec: pd.DataFrame, disc: pd.DataFrame, split: HoldoutTruth, k: int = 20) -> dict:
@@ -176,7 +203,7 @@ def score_lists(rec: pd.DataFrame, disc: pd.DataFrame, split: HoldoutTruth, k: i
     }
 
 
-def evaluate_model(model, lines: pd.DataFrame, as_of: dt.date | dt.datetime, horizon_days: int, k: int = 20,
+def evaluate_model(model, lines, as_of: dt.date | dt.datetime, horizon_days: int, k: int = 20,
                    customers=None) -> dict:
     """Both lists of a fitted model (its ``lists``) on one split, for the population or for the
     ``customers`` given (a sample of it): :func:`score_lists`.

@@ -6,25 +6,19 @@ not by id, so that renaming customers does not change any result.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import ClassVar
 
+import duckdb
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from patron import duck
-from patron.times import to_utc, utc_timestamp
-
-DAY = np.timedelta64(86_400_000_000, "us")
-
-
-def product_lines(lines: pd.DataFrame) -> pd.DataFrame:
-    """The lines that name a product: exports without product detail still train churn and LTV,
-    but there is nothing to recommend from them."""
-    return lines[lines["item_id"].notna()] if lines["item_id"].isna().any() else lines
+from patron.times import to_utc
+from patron.training.recs.lines import OrderLines, epoch_us
 
 
 def as_ids(customer_ids: Iterable) -> np.ndarray:
@@ -32,24 +26,32 @@ def as_ids(customer_ids: Iterable) -> np.ndarray:
     return np.asarray(list(customer_ids) if not isinstance(customer_ids, np.ndarray) else customer_ids, np.int64)
 
 
-def lines_before(lines: pd.DataFrame, t) -> pd.DataFrame:
-    """The lines strictly before ``t``. Lines in time order (as ``load_lines`` gives them) are cut
-    at ``t`` without a copy: at ten million lines each copy of the frame is gigabytes."""
-    ts = lines["invoice_ts"]
-    t = utc_timestamp(t) if getattr(ts.dtype, "tz", None) is not None else pd.Timestamp(t)
-    if ts.is_monotonic_increasing:
-        return lines.iloc[:int(ts.searchsorted(t, side="left"))]
-    return lines[ts < t]
+# The product lines before as_of with every customer and item coded: customers in the order of
+# their first invoice (time, then invoice number), items in sorted order. Views over ``lines``
+# (training.recs.lines): each query reads the lines again rather than keeping a copy of them.
+CODED_LINES_SQL = (
+    "CREATE TEMP VIEW pl AS SELECT customer_id, invoice_no, item_id, quantity, amount, unit_price, line_class,"
+    " epoch_us(invoice_ts) AS us, ({t_us} - epoch_us(invoice_ts)) / 86400000000.0 AS age"
+    " FROM lines WHERE item_id IS NOT NULL",
+    "CREATE TEMP TABLE cust AS SELECT customer_id,"
+    " (row_number() OVER (ORDER BY f.us, f.inv, customer_id) - 1)::INTEGER AS c"
+    " FROM (SELECT customer_id, min({{'us': us, 'inv': invoice_no}}) AS f FROM pl GROUP BY customer_id)",
+    "CREATE TEMP TABLE item AS SELECT item_id, (row_number() OVER (ORDER BY item_id) - 1)::INTEGER AS i"
+    " FROM (SELECT DISTINCT item_id FROM pl)",
+    "CREATE TEMP VIEW cl AS SELECT c, i, invoice_no, quantity, amount, unit_price, line_class, age"
+    " FROM pl JOIN cust USING (customer_id) JOIN item USING (item_id)",
+)
 
 
-def in_time_order(lines: pd.DataFrame) -> bool:
-    """Whether the lines are sorted by (invoice_ts, invoice_no), as ``load_lines`` gives them."""
-    ts = lines["invoice_ts"].astype("int64").to_numpy()  # microseconds (nanoseconds): no Timestamp objects
-    if len(ts) < 2:
-        return True
-    inv = lines["invoice_no"].to_numpy()
-    later, same = ts[1:] > ts[:-1], ts[1:] == ts[:-1]
-    return bool((later | (same & (inv[1:] >= inv[:-1]))).all())
+@contextlib.contextmanager
+def coded_lines(lines, as_of: dt.datetime) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A DuckDB session over the product lines before ``as_of`` (views ``pl``, ``cl``, tables
+    ``cust``, ``item``: :data:`CODED_LINES_SQL`)."""
+    source = OrderLines(lines).before(as_of)
+    with source.connect() as con:
+        for sql in CODED_LINES_SQL:
+            con.execute(sql.format(t_us=epoch_us(as_of)))
+        yield con
 
 
 def item_codes(item_ids, items: np.ndarray) -> np.ndarray:
@@ -87,52 +89,43 @@ class History:
 
     # ---- construction
     @classmethod
-    def from_lines(cls, lines: pd.DataFrame, as_of) -> "History":
+    def from_lines(cls, lines, as_of) -> "History":
+        """From order lines (a frame, a data folder, :class:`~patron.training.recs.lines.OrderLines`),
+        aggregated by DuckDB: the lines themselves are never held in memory."""
         as_of = to_utc(as_of)
-        t0 = pd.Timestamp(as_of)
-        df = product_lines(lines_before(lines, t0))
-        if df.empty:
+        with coded_lines(lines, as_of) as con:
+            return cls.from_coded(con, as_of)
+
+    @classmethod
+    def from_coded(cls, con: duckdb.DuckDBPyConnection, as_of: dt.datetime) -> "History":
+        """From a :func:`coded_lines` session."""
+        customers = con.execute("SELECT customer_id FROM cust ORDER BY c").fetchnumpy()["customer_id"]
+        if len(customers) == 0:
             raise ValueError(f"no order lines with a product before {as_of:%Y-%m-%d}")
-        if not in_time_order(df):
-            df = df.sort_values(["invoice_ts", "invoice_no"], kind="stable")
-        customers = df["customer_id"].drop_duplicates().to_numpy(np.int64)
-        items = np.sort(df["item_id"].astype(str).unique()).astype(str)
-        c_map = pd.Series(np.arange(len(customers)), index=customers)
-        ci = c_map.reindex(df["customer_id"].to_numpy()).to_numpy()
-        ii = item_codes(df["item_id"], items)
-        age = ((t0 - df["invoice_ts"]).to_numpy() / DAY).astype(np.float64)
-        # invoices as codes in order of appearance: distinct counts are then counts of distinct rows
-        inv, _ = pd.factorize(df["invoice_no"])
-        d = pd.DataFrame({"c": ci, "i": ii, "inv": inv, "qty": df["quantity"].to_numpy(),
-                          "age": age, "amount": df["amount"].to_numpy(), "price": df["unit_price"].to_numpy()})
-        # the per-pair and per-invoice aggregates, in DuckDB (parallel; pandas' multi-key groupby
-        # takes half a minute on ten million lines)
-        con = duck.connect()
-        try:
-            con.register("d", d)
-            g = con.execute("SELECT c, i, count(DISTINCT inv) AS n_inv, sum(qty)::DOUBLE AS qty, max(age) AS first_age,"
-                            " min(age) AS last_age FROM d GROUP BY c, i ORDER BY c, i").fetchnumpy()
-            invs = con.execute("SELECT c, min(age) AS age, count(DISTINCT i) AS size FROM d GROUP BY c, inv"
-                               " ORDER BY c, age, inv").fetchnumpy()
-        finally:
-            con.close()
-        indptr = np.zeros(len(customers) + 1, np.int64)
-        np.add.at(indptr, g["c"] + 1, 1)
-        indptr = np.cumsum(indptr)
-        inv_indptr = np.zeros(len(customers) + 1, np.int64)
-        np.add.at(inv_indptr, invs["c"] + 1, 1)
-        inv_indptr = np.cumsum(inv_indptr)
-        spend = np.bincount(ci, weights=d["amount"].to_numpy(), minlength=len(customers))
-        price = d.groupby("i")["price"].median().reindex(np.arange(len(items))).to_numpy()
-        nonprod = np.zeros(len(items), np.uint8)
-        if "line_class" in df.columns:
-            np_items = np.unique(ii[df["line_class"].to_numpy() == "non_product"])
-            nonprod[np_items] = 1
+        customers = np.asarray(customers, np.int64)
+        items = np.asarray(con.execute("SELECT item_id FROM item ORDER BY i").fetchnumpy()["item_id"], dtype=str)
+        n_c, n_i = len(customers), len(items)
+        g = con.execute("SELECT c, i, count(DISTINCT invoice_no)::FLOAT AS n_inv, sum(quantity)::DOUBLE::FLOAT AS qty,"
+                        " max(age)::FLOAT AS first_age, min(age)::FLOAT AS last_age FROM cl GROUP BY c, i ORDER BY c, i"
+                        ).fetchnumpy()
+        invs = con.execute("SELECT c, min(age) AS age, count(DISTINCT i)::FLOAT AS size FROM cl GROUP BY c, invoice_no"
+                           " ORDER BY c, age, invoice_no").fetchnumpy()
+        per = con.execute("SELECT c, sum(amount)::DOUBLE AS spend FROM cl GROUP BY c").fetchnumpy()
+        spend = np.zeros(n_c)
+        spend[per["c"]] = per["spend"]
+        per = con.execute("SELECT i, median(unit_price)::DOUBLE AS price, bool_or(line_class = 'non_product') AS np"
+                          " FROM cl GROUP BY i").fetchnumpy()
+        price = np.zeros(n_i)
+        price[per["i"]] = per["price"]
+        nonprod = np.zeros(n_i, np.uint8)
+        nonprod[per["i"]] = np.asarray(per["np"], bool)
         return cls(
-            as_of=as_of, customers=customers, items=items, indptr=indptr, indices=g["i"].astype(np.int32),
-            n_inv=g["n_inv"].astype(np.float32), qty=g["qty"].astype(np.float32),
-            first_age=g["first_age"].astype(np.float32), last_age=g["last_age"].astype(np.float32),
-            inv_indptr=inv_indptr, inv_age=invs["age"].astype(np.float32), inv_size=invs["size"].astype(np.float32),
+            as_of=as_of, customers=customers, items=items,
+            indptr=np.concatenate([[0], np.cumsum(np.bincount(g["c"], minlength=n_c))]).astype(np.int64),
+            indices=np.asarray(g["i"], np.int32), n_inv=g["n_inv"], qty=g["qty"],
+            first_age=g["first_age"], last_age=g["last_age"],
+            inv_indptr=np.concatenate([[0], np.cumsum(np.bincount(invs["c"], minlength=n_c))]).astype(np.int64),
+            inv_age=invs["age"].astype(np.float32), inv_size=invs["size"],
             cust_spend=spend.astype(np.float32), item_price=price.astype(np.float32), item_nonproduct=nonprod,
         )
 

@@ -35,7 +35,8 @@ from patron.training.recs.base import (
     save_arrays,
     write_meta,
 )
-from patron.training.recs.history import History, as_ids, lines_before, product_lines
+from patron.training.recs.history import History, as_ids
+from patron.training.recs.lines import OrderLines
 from patron.training.recs.params import RecParams
 from patron.training.recs.sources import FEATURES, PAIR_FEATURES, SOURCES, Sources
 from patron.training.recs.topn import block_rows, map_blocks
@@ -57,11 +58,11 @@ DISCOVERY_FEATURES = ("ease", "cop", "als", "ease_urank", "cop_urank", "als_uran
 DISCOVERY_MONOTONE = (1, 1, 1, -1, -1, -1, 0)
 
 
-def _labels(lines: pd.DataFrame, start: dt.datetime, end: dt.datetime, h: History) -> sp.csr_matrix:
+def _labels(lines: OrderLines, start: dt.datetime, end: dt.datetime, h: History) -> sp.csr_matrix:
     """customer x item (History indices) 0/1 matrix of purchases in [start, end)."""
-    w = lines[(lines["invoice_ts"] >= pd.Timestamp(start)) & (lines["invoice_ts"] < pd.Timestamp(end))]
-    rows = h.customer_index(w["customer_id"].to_numpy())
-    cols = h.item_index(w["item_id"].astype(str).to_numpy())
+    customers, items = lines.pairs_between(start, end)
+    rows = h.customer_index(customers)
+    cols = h.item_index(items)
     ok = (rows >= 0) & (cols >= 0)
     m = sp.csr_matrix((np.ones(ok.sum(), np.float32), (rows[ok], cols[ok])), shape=(h.n_customers, h.n_items))
     m.data[:] = 1.0
@@ -116,7 +117,7 @@ class Recommender(RecommenderBase):
         pass
 
     # ---- training
-    def _training_set(self, lines: pd.DataFrame, t_train: dt.datetime, t_end: dt.datetime, src: Sources | None = None):
+    def _training_set(self, lines: OrderLines, t_train: dt.datetime, t_end: dt.datetime, src: Sources | None = None):
         """Candidates as of t_train (sources fitted on lines before it, unless given), labelled with
         the purchases in [t_train, t_end), for the customers who bought anything then."""
         t0 = time.perf_counter()
@@ -166,22 +167,23 @@ class Recommender(RecommenderBase):
             clf.fit(Xk, y[keep])
         return TreeEnsemble.from_sklearn(clf)
 
-    def fit(self, lines: pd.DataFrame, as_of, fitted: "Recommender | None" = None) -> Self:
-        """Fit on the lines before ``as_of``. ``fitted``: a recommender with the same parameters
+    def fit(self, lines, as_of, fitted: "Recommender | None" = None) -> Self:
+        """Fit on the lines before ``as_of`` (a frame, a data folder or
+        :class:`~patron.training.recs.lines.OrderLines`: read by DuckDB). ``fitted``: a recommender with the same parameters
         fitted on the same lines before an earlier date; where that date is one of this fit's
         training windows, its sources are reused instead of fitted again."""
         as_of = to_utc(as_of)
         p = self.params
         t_start = time.perf_counter()
-        lines = product_lines(lines_before(lines, as_of))
-        if lines.empty:
+        lines = OrderLines(lines).before(as_of)
+        if not lines.has_products():
             raise ValueError(f"no order lines with a product before {as_of:%Y-%m-%d}")
         t_train = as_of - dt.timedelta(days=p.label_days)
         windows = list(dict.fromkeys([(p.label_days, p.label_days)] + [tuple(w) for w in p.extra_windows]))
         parts, reused = [], 0
         for j, (off, span) in enumerate(windows):
             t0 = as_of - dt.timedelta(days=off)
-            if not (lines["invoice_ts"] < pd.Timestamp(t0)).any():
+            if not lines.has_products_before(t0):
                 continue
             reuse = (fitted.sources if fitted is not None and fitted.sources is not None and fitted.params == p
                      and fitted.sources.h.as_of == t0 else None)

@@ -18,11 +18,10 @@ from __future__ import annotations
 import datetime as dt
 
 import numpy as np
-import pandas as pd
 import scipy.sparse as sp
 
 from patron.training.recs.baselines import als_confidence, ease_columns, ease_weights, fit_als
-from patron.training.recs.history import DAY, History, item_codes, lines_before, product_lines
+from patron.training.recs.history import History, coded_lines
 from patron.training.recs.params import RecParams
 from patron.training.recs.topn import global_unseen_rank, pair_keys, rank_table, top_dense_both, top_global
 
@@ -41,16 +40,22 @@ PAIR_FEATURES = ("bought", "ci_orders", "ci_log_qty", "ci_first_age", "ci_last_a
 FEATURES = PAIR_FEATURES + CUSTOMER_FEATURES + ITEM_FEATURES
 
 
-def basket_similarity(lines: pd.DataFrame, items: np.ndarray, neighbours: int, shrink: float) -> sp.csr_matrix:
-    """Item x item co-purchase similarity over invoices: cosine C_ij / sqrt(n_i n_j), shrunk by
-    C_ij / (C_ij + shrink), keeping the ``neighbours`` most similar items per row."""
-    n_items = len(items)
-    inv_codes, _ = pd.factorize(lines["invoice_no"])
-    ii = item_codes(lines["item_id"], items)
-    Bm = sp.csr_matrix((np.ones(len(ii), np.float32), (inv_codes, ii)), shape=(inv_codes.max() + 1, n_items))
-    Bm.data[:] = 1.0
-    Bm.sum_duplicates()
-    Bm.data[:] = 1.0
+# the distinct (invoice, item) of a coded_lines session, invoices numbered in any order
+BASKET_ITEMS_SQL = ("SELECT k, i FROM (SELECT DISTINCT invoice_no, i FROM cl)"
+                    " JOIN (SELECT invoice_no, (row_number() OVER () - 1)::INTEGER AS k FROM (SELECT DISTINCT invoice_no FROM pl))"
+                    " USING (invoice_no)")
+# distinct buyers of each item (coded) with a purchase in [lo, hi) days before as_of
+WINDOW_BUYERS_SQL = "SELECT i, count(DISTINCT c) AS n FROM cl WHERE age >= $lo AND age < $hi GROUP BY i"
+
+
+def basket_similarity(con, n_items: int, neighbours: int, shrink: float) -> sp.csr_matrix:
+    """Item x item co-purchase similarity over the invoices of a :func:`coded_lines` session:
+    cosine C_ij / sqrt(n_i n_j), shrunk by C_ij / (C_ij + shrink), keeping the ``neighbours`` most
+    similar items per row."""
+    b = con.execute(BASKET_ITEMS_SQL).fetchnumpy()
+    inv_codes, ii = np.asarray(b["k"], np.int32), np.asarray(b["i"], np.int32)
+    Bm = sp.csr_matrix((np.ones(len(ii), np.float32), (inv_codes, ii)), shape=(int(inv_codes.max()) + 1, n_items))
+    del b, inv_codes, ii
     C = (Bm.T @ Bm).tocsr().astype(np.float32)
     n = C.diagonal().astype(np.float32)
     C.setdiag(0)
@@ -100,28 +105,26 @@ class Sources:
 
     # ---- fitting
     @classmethod
-    def build(cls, lines: pd.DataFrame, as_of: dt.datetime, p: RecParams) -> "Sources":
-        t0 = pd.Timestamp(as_of)
-        lines = product_lines(lines_before(lines, t0))
-        h = History.from_lines(lines, as_of)
-        s = cls(h, p)
-        s.S = basket_similarity(lines, h.items, p.cop_neighbours, p.cop_shrink)
+    def build(cls, lines, as_of: dt.datetime, p: RecParams) -> "Sources":
+        """Every source fitted on the product lines before ``as_of`` (a frame, a data folder or
+        :class:`~patron.training.recs.lines.OrderLines`), read by DuckDB."""
+        with coded_lines(lines, as_of) as con:
+            h = History.from_coded(con, as_of)
+            s = cls(h, p)
+            s.S = basket_similarity(con, h.n_items, p.cop_neighbours, p.cop_shrink)
+
+            def buyers(lo, hi):  # distinct buyers of each item in the window [lo, hi) days before as_of
+                r = con.execute(WINDOW_BUYERS_SQL, {"lo": float(lo), "hi": float(hi)}).fetchnumpy()
+                out = np.zeros(h.n_items, np.float32)
+                out[r["i"]] = r["n"]
+                return out
+
+            s.trend_buyers = np.stack([buyers(0, p.trend_days), buyers(p.trend_days, 3 * p.trend_days)])
         s.U, s.V = fit_als(als_confidence(h, p.als_alpha), p.als_factors, p.als_regularization,
                            p.als_iterations, p.seed)
         X = h.matrix()
         s.ease_cols = ease_columns(h, p.ease_min_buyers)
         s.B = ease_weights(X[:, s.ease_cols].tocsr(), p.ease_lam)
-        # trending: distinct buyers in the last trend_days vs. the 2 * trend_days before
-        age = ((t0 - lines["invoice_ts"]).to_numpy() / DAY)
-        ii = item_codes(lines["item_id"], h.items)
-        cc = h.customer_index(lines["customer_id"].to_numpy())
-
-        def buyers(lo, hi):
-            m = (age >= lo) & (age < hi)
-            pairs = np.unique(pair_keys(cc[m], ii[m], h.n_items))  # distinct (customer, item)
-            return np.bincount(pairs % h.n_items, minlength=h.n_items).astype(np.float32)
-
-        s.trend_buyers = np.stack([buyers(0, p.trend_days), buyers(p.trend_days, 3 * p.trend_days)])
         s.cust_feat = s._customer_features()
         s.item_feat = s._item_features()
         return s

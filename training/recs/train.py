@@ -24,10 +24,10 @@ import pyarrow.parquet as pq
 from patron import sampling
 from patron.errors import PatronError
 from patron.training import plots, registry
-from patron.training.data import known_customers, load_lines
+from patron.training.data import known_customers
 from patron.training.recs.baselines import BASELINES, ALSRecommender
 from patron.training.recs.eval import HoldoutTruth, evaluate, holdout_truth, population, score_lists
-from patron.training.recs.history import lines_before
+from patron.training.recs.lines import OrderLines
 from patron.training.recs.model import Recommender
 from patron.training.spec import TrainResult, TrainSpec, model_card
 
@@ -53,7 +53,7 @@ def _scores(model, split: HoldoutTruth) -> dict[str, float]:
     return _keyed(score_lists(*model.lists(split.customers, K), split, K))
 
 
-def scored_customers(lines: pd.DataFrame, t: dt.datetime, spec: TrainSpec, notes: list[str] | None = None) -> np.ndarray:
+def scored_customers(lines: OrderLines, t: dt.datetime, spec: TrainSpec, notes: list[str] | None = None) -> np.ndarray:
     """The customers a split is scored on: the population before ``t``, or above
     ``spec.max_eval_customers`` a sample of it by id (:mod:`patron.sampling`), the same customers
     for the candidate, the baselines and the champion."""
@@ -72,8 +72,8 @@ def train_recommender(spec: TrainSpec) -> TrainResult:
     registry.configure(spec.mlruns, spec.mlflow_uri)
     registry.experiment("patron-recs", spec.mlruns)
     mlflow.set_experiment("patron-recs")
-    lines = load_lines(spec.data_dir, end=spec.as_of)
-    if not lines["item_id"].notna().any():
+    lines = OrderLines(spec.data_dir, end=spec.as_of)  # read where they lie, query by query
+    if not lines.has_products():
         raise NoProductDetailError(
             f"the order lines before {spec.as_of.date()} name no product (empty StockCode): "
             "there is nothing to recommend; churn and LTV do not need products"
@@ -89,12 +89,12 @@ def train_recommender(spec: TrainSpec) -> TrainResult:
                 "feature_service": FEATURE_SERVICE,
             }
         )
-        before = lines_before(lines, holdout)
+        before = lines.before(holdout)
         metrics: dict[str, float] = {}
         baselines: dict[str, dict[str, float]] = {}
         champion_scorer = None
         candidate = None
-        if before["customer_id"].nunique() < 10:
+        if len(before.customers()) < 10:
             notes.append(f"too little history before {holdout.date()} for a holdout; recommender trained without one")
         else:
             t0 = time.perf_counter()
@@ -249,12 +249,11 @@ class RecEvaluation:
 def evaluate_recommender(spec: TrainSpec) -> RecEvaluation:
     """Backtest: the champion (fitted before as_of) against the purchases of the following window."""
     registry.configure(spec.mlruns, spec.mlflow_uri)
-    lines = load_lines(spec.data_dir)
+    lines = OrderLines(spec.data_dir)
     with tempfile.TemporaryDirectory() as tmp:
         version, d = registry.load_champion_dir("recs", Path(tmp) / "recs")
         model = Recommender.load(d)
     split = holdout_truth(lines, spec.as_of, spec.horizon_days, scored_customers(lines, spec.as_of, spec))
     metrics = _scores(model, split)
-    before = lines_before(lines, spec.as_of)
-    baselines = {name: _scores(cls().fit(before, spec.as_of), split) for name, cls in BASELINES.items()}
+    baselines = {name: _scores(cls().fit(lines, spec.as_of), split) for name, cls in BASELINES.items()}
     return RecEvaluation("recs", version, metrics, baselines, {})
