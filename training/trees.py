@@ -13,6 +13,8 @@ import numpy as np
 
 from patron.compat.sklearn_trees import compiled_walkers, fitted_trees
 
+WALK_ROWS = 2048  # rows walked through every tree at a time: 2048 x 31 features in float64 fit in L2
+
 
 class TreeEnsemble:
     """A fitted binary HistGradientBoostingClassifier or a HistGradientBoostingRegressor as arrays.
@@ -83,7 +85,7 @@ class TreeEnsemble:
         """Baseline plus the sum of every tree's leaf value.
 
         Few rows: all trees walked together, level by level, in numpy (no per-tree overhead).
-        Many rows: scikit-learn's compiled walk, one call per tree over all rows.
+        Many rows: scikit-learn's compiled walk, one call per tree over each slice of rows.
         """
         X = np.ascontiguousarray(X, dtype=np.float64)
         if X.ndim != 2 or X.shape[1] != self.n_features:
@@ -92,8 +94,13 @@ class TreeEnsemble:
         if self.n_trees == 0 or X.shape[0] == 0:
             return out
         if X.shape[0] > 64:
-            for walker in self._compiled():
-                out += walker.walk(X)
+            # every tree over a cache-sized slice of rows, then the next slice: tree after tree over
+            # all rows reads the whole block from memory once per tree (twice as slow at 10^5 rows)
+            walkers = self._compiled()
+            for lo in range(0, X.shape[0], WALK_ROWS):
+                x, o = X[lo:lo + WALK_ROWS], out[lo:lo + WALK_ROWS]
+                for walker in walkers:
+                    o += walker.walk(x)
             return out
         n = self.nodes
         starts = self.offsets[:-1]
