@@ -8,7 +8,6 @@ import logging
 from typing import Self
 
 import numpy as np
-import pandas as pd
 import scipy.sparse as sp
 
 from patron.training.recs.base import DenseRecommender, RecommenderBase
