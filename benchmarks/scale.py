@@ -1,8 +1,9 @@
 """Benchmark: the whole batch path and the service on a synthetic shop of a given size.
 
-Each step is the real command line in a child process, on a fresh state directory, in the order
-`patron pipeline run` takes them, then `patron export`: wall time and peak resident memory of each
-(the kernel's figure for that child, from wait4, not sampled). Then the service on the trained
+`patron pipeline run`, then `patron export`, as a user runs them, on a fresh state directory: wall
+time and peak resident memory of each pipeline step (from the run's report: the process's own
+high-water mark, reset at each step) and of each command (the kernel's figure for that child, from
+wait4, not sampled). Then the service on the trained
 state: time from start to ready, resident memory of the server's processes once warm, and
 `/recommend` latency at 8 keep-alive connections (benchmarks/loadgen.py).
 
@@ -34,27 +35,21 @@ HORIZON = 90
 SYNTH_START = dt.date(2023, 1, 2)  # `patron synth`'s first day
 
 
-def steps(raw: Path, home: Path, as_of: str) -> list[tuple[str, list[str]]]:
-    h = ["--home", str(home)]
-    return [
-        ("ingest", [patron(), "ingest", "--source", str(raw), *h]),
-        ("features build", [patron(), "features", "build", "--as-of", as_of, *h]),
-        ("features apply", [patron(), "features", "apply", *h]),
-        ("materialize", [patron(), "features", "materialize", "--as-of", as_of, *h]),
-        ("train churn", [patron(), "train", "churn", "--as-of", as_of, "--horizon-days", str(HORIZON), *h]),
-        ("train ltv", [patron(), "train", "ltv", "--as-of", as_of, "--horizon-days", str(HORIZON), *h]),
-        ("train recs", [patron(), "train", "recs", "--as-of", as_of, "--horizon-days", str(HORIZON), *h]),
-        ("export", [patron(), "export", "--as-of", as_of, "--horizon-days", str(HORIZON), "--out", str(home / "exports"), *h]),
-    ]
-
-
 def batch_run(raw: Path, home: Path, as_of: str) -> dict[str, tuple[float, float]]:
+    """`patron pipeline run`, then `patron export`, each a command of its own on a fresh state
+    directory: each pipeline step's wall time and own peak memory from the run's report
+    (patron.meter), the commands' wall time and peak from the kernel (wait4)."""
     shutil.rmtree(home, ignore_errors=True)
-    out = {}
-    for name, cmd in steps(raw, home, as_of):
-        wall, peak, _ = run_step(cmd)
-        out[name] = (wall, peak)
-        print(f"  {name}: {wall:.0f} s, {peak:.0f} MiB", file=sys.stderr, flush=True)
+    h = ["--home", str(home)]
+    wall, peak, _ = run_step([patron(), "pipeline", "run", "--source", str(raw), "--as-of", as_of,
+                              "--horizon-days", str(HORIZON), *h])
+    (report,) = sorted((home / "reports").glob("pipeline-*.json"))
+    out = {name: (m["seconds"], m["peak_mib"]) for name, m in json.loads(report.read_text())["measured"].items()}
+    out["start-up and the rest"] = (wall - sum(w for w, _ in out.values()), peak)  # imports, registry, journal
+    out["export"] = run_step([patron(), "export", "--as-of", as_of, "--horizon-days", str(HORIZON),
+                              "--out", str(home / "exports"), *h])[:2]
+    for name, (w, m) in out.items():
+        print(f"  {name}: {w:.0f} s, {m:.0f} MiB", file=sys.stderr, flush=True)
     return out
 
 

@@ -7,6 +7,7 @@ the same way on a user's problem: the group's ``invoke`` turns a :class:`~patron
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -389,7 +390,11 @@ def _run_pipeline(term: Terminal, settings: PatronSettings, log: RunLog, sources
     for name, info in result.details.items():
         if name.startswith("train_") and "reason" in info:
             term.out.print(f"[bold]{name}[/] gate: {info['reason']}", highlight=False)
-    term.out.print(f"[dim]libraries' output of this run: {log.path}[/]", highlight=False)
+    paths = settings.paths()
+    paths.reports.mkdir(parents=True, exist_ok=True)
+    report = paths.reports / f"pipeline-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%S%fZ}.json"
+    report.write_text(json.dumps(dataclasses.asdict(result), indent=2, default=str))  # what ran, each step's time and peak memory
+    term.out.print(f"[dim]libraries' output of this run: {log.path}; its report: {report}[/]", highlight=False)
 
 
 @pipeline_app.command("run")

@@ -21,6 +21,7 @@ from typing import Protocol
 from patron.features.compute import build_features
 from patron.features.ingest import OrderStore, find_files, ingest
 from patron.features.store import apply_definitions, materialize, open_store
+from patron.meter import Meter
 from patron.settings import PatronSettings, StatePaths
 from patron.times import to_utc
 
@@ -34,6 +35,7 @@ class PipelineResult:
     ran: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     details: dict[str, object] = field(default_factory=dict)
+    measured: dict[str, dict] = field(default_factory=dict)  # step -> wall seconds and peak memory (patron.meter)
 
 
 def data_fingerprint(data_dir: Path) -> str:
@@ -128,7 +130,9 @@ def run_pipeline(
     # daily files are picked up, known ones cost a hash.
     sources = [*sources, *event_orders(paths)]
     watch.start("ingest", total=len(find_files(sources)))
-    report = ingest(sources, paths.data, plausible=settings.plausibility(), progress=lambda n: watch.advance("ingest", n))
+    with Meter() as meter:
+        report = ingest(sources, paths.data, plausible=settings.plausibility(), progress=lambda n: watch.advance("ingest", n))
+    result.measured["ingest"] = meter.result.to_dict()
     result.ran.append("ingest")
     result.details["ingest"] = {k: v for k, v in report.to_dict().items() if k != "files"}
     watch.finish("ingest", f"{len(report.files):,} files, {report.rows_in:,} rows read, {report.rows_written:,} new, "
@@ -143,7 +147,9 @@ def run_pipeline(
             watch.skip(name, "done before with the same inputs")
             return
         watch.start(name)
-        info = fn()
+        with Meter() as meter:
+            info = fn()
+        result.measured[name] = meter.result.to_dict()
         journal.mark(name, info)
         result.ran.append(name)
         result.details[name] = info
@@ -180,7 +186,10 @@ def run_pipeline(
     if customer:
         for k in customer:
             watch.start(f"train_{k}")
-        for r in train_customer_models(spec, customer):
+        with Meter() as meter:  # one training frame for both: measured together
+            trained = train_customer_models(spec, customer)
+        result.measured["train_" + "+".join(customer)] = meter.result.to_dict()
+        for r in trained:
             info = summary(r)
             journal.mark(f"train_{r.kind}", info)
             result.ran.append(f"train_{r.kind}")

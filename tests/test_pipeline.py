@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import subprocess
 import sys
@@ -66,6 +67,10 @@ def test_pipeline_end_to_end_then_a_rerun_skips_what_is_done(shop: Path, tmp_pat
     said = log.read_text()
     assert "Successfully registered model 'churn'" in said and "Materializing" not in terminal
     assert str(log) in terminal  # the run says where its log is
+    (report,) = (settings.home / "reports").glob("pipeline-*.json")
+    measured = json.loads(report.read_text())["measured"]  # each step that ran: its time and its own peak memory
+    assert list(measured) == ["ingest", "train_churn+ltv", "train_recs"]
+    assert all(m["seconds"] > 0 and 50 < m["peak_mib"] < 24 * 1024 and "peak_since" not in m for m in measured.values())
 
     again = pl.run_pipeline(settings, [shop], AS_OF, HORIZON)
     assert again.ran == ["ingest"]
@@ -100,3 +105,18 @@ def test_young_shop_falls_back_to_label_free_models(shop: Path, tmp_path: Path) 
     run = mlflow.search_runs(experiment_names=["patron-churn"]).iloc[0]
     assert run["tags.label_free"] == "True" and "label-free fallback" in run["tags.notes"]
     mlflow.set_tracking_uri(None)
+
+
+def test_each_measured_stretch_reports_its_own_peak_memory() -> None:
+    import numpy as np
+
+    from patron.meter import Meter
+
+    with Meter() as big:
+        block = np.ones(400 * 2**20 // 8)  # 400 MiB, touched
+        del block
+    with Meter() as small:
+        np.ones(10)
+    assert big.result.peak_is_own and small.result.peak_is_own
+    assert big.result.peak_mib > small.result.peak_mib + 300  # the second does not inherit the first's peak
+    assert big.result.seconds >= 0 and small.result.to_dict()["peak_mib"] == round(small.result.peak_mib)
