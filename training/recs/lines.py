@@ -11,7 +11,6 @@ with the lines read.
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -57,7 +56,11 @@ class OrderLines:
         """A DuckDB session with the view ``lines`` (:data:`COLUMNS`, ``item_id`` as text) over these
         lines; large aggregations spill to disk within ``PATRON_DUCKDB_MEMORY_LIMIT``."""
         limit = duck.memory_limit()
-        with duck.connect(memory_limit=limit) as con, duck.within_memory("reading the order lines for the recommender", limit):
+        # a frame in memory is small (tests, benchmarks, small shops): a session on a shared database
+        # saves opening one per query; a data folder's queries get a database of their own, whose
+        # memory goes back when it closes
+        opened = duck.session(limit) if isinstance(self.source, pd.DataFrame) else duck.connect(memory_limit=limit)
+        with opened as con, duck.within_memory("reading the order lines for the recommender", limit):
             if isinstance(self.source, pd.DataFrame):
                 con.register("given_lines", self.source)
                 present = set(self.source.columns)
