@@ -163,6 +163,31 @@ def test_truncated_gzip_is_refused_whole(tmp_path: Path, home: Path) -> None:
     assert canonical(home / "data").empty
 
 
+def test_files_read_ahead_are_committed_in_order_up_to_one_that_cannot_be_read(tmp_path: Path, home: Path) -> None:
+    days = [write_raw(tmp_path / f"2010-12-0{d}.csv", [line(f"5364{d}0", "71053", d, f"2010-12-0{d} 10:00:00", 3.39)]) for d in (1, 2, 3)]
+    cut = tmp_path / "2010-12-04.csv"
+    data = days[0].read_bytes()
+    cut.write_bytes(data[: data.rindex(b"2010-12-01 10")])  # dies inside its only line
+    later = write_raw(tmp_path / "2010-12-05.csv", [line("536450", "71053", 5, "2010-12-05 10:00:00", 3.39)])
+    with pytest.raises(UnreadableFileError, match="2010-12-04.csv"):
+        ingest([*days, cut, later], home / "data", batch_rows=1)
+    assert sorted(canonical(home / "data")["quantity"]) == [1, 2, 3]  # the files before it, not the one after
+
+
+def test_the_same_bytes_again_later_in_one_run_are_recognised_after_their_first_copy_is_committed(
+    tmp_path: Path, home: Path
+) -> None:
+    first = write_raw(tmp_path / "a" / "2010-12-01.csv", DAY1)
+    other = write_raw(tmp_path / "a" / "2010-12-02.csv", [line("536400", "71053", 2, "2010-12-02 10:00:00", 3.39)])
+    copy = tmp_path / "b" / "resent.csv"
+    copy.parent.mkdir()
+    copy.write_bytes(first.read_bytes())
+    # the first file fills a batch and is committed while the next two are being read ahead
+    report = ingest([first, other, copy], home / "data", batch_rows=len(DAY1))
+    assert [f.status for f in report.files] == ["ingested", "ingested", "already_ingested"]
+    assert report.rows_written == 6 and len(canonical(home / "data")) == 6
+
+
 def test_a_crash_while_committing_leaves_no_partial_day(tmp_path: Path, home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     rows = DAY1[:2] + [line("536600", "71053", 1, "2010-12-02 09:00:00", 3.39)]  # two days in one file
     f = write_raw(tmp_path / "two-days.csv", rows)

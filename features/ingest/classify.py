@@ -7,16 +7,17 @@ import datetime as dt
 from dataclasses import dataclass
 
 import pandas as pd
+import pyarrow as pa
 
 from patron import duck
 from patron.features.ingest.read import RawFrame
-from patron.features.ingest.schema import DATE_FORMATS, FORMULA_RE, RAW_COLUMNS
+from patron.features.ingest.schema import CANONICAL_SCHEMA, DATE_FORMATS, FORMULA_RE, RAW_COLUMNS
 from patron.rules import CANCELLATION_PREFIX, LINE_CLASSES, Plausibility, non_product_sql
 
 
 @dataclass
 class Classified:
-    canonical: pd.DataFrame  # CANONICAL_SCHEMA columns
+    canonical: pa.Table  # CANONICAL_SCHEMA, ordered by source file and line
     quarantine: pd.DataFrame  # QUARANTINE_SCHEMA columns
     classes: dict[str, dict[str, int]]  # per source file
 
@@ -175,6 +176,4 @@ def classify(raw: RawFrame, *, plausible: Plausibility = Plausibility(), now: dt
         classes[f]["invalid"] += int(k)
     if sum(sum(v.values()) for v in classes.values()) != raw.rows:
         raise AssertionError("classification lost rows")  # an invariant, never an input problem
-    canon_df = canon.to_pandas()
-    canon_df["customer_id"] = canon_df["customer_id"].astype("Int64")
-    return Classified(canon_df, quarantine, classes)
+    return Classified(canon.cast(CANONICAL_SCHEMA), quarantine, classes)

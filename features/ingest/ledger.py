@@ -177,30 +177,31 @@ class OrderStore:
             con.execute("insert or replace into meta values ('line_identity', ?)", (str(LINE_IDENTITY),))
         return len(by_file)
 
-    def existing_line_ids(self, days: Iterable[str]) -> set[int]:
+    def existing_line_ids(self, days: Iterable[str]) -> pa.Array:
+        """The ids of the lines committed on these days (ISO dates)."""
         days = set(days)
         with self._connect() as con:
             rows = con.execute("select path, day from parts where kind = 'order_lines'").fetchall()
         paths = [self.data_dir / p for p, d in rows if d in days]
-        ids: set[int] = set()
-        for p in paths:
-            ids.update(pq.read_table(p, columns=["line_id"]).column("line_id").to_pylist())
-        return ids
+        if not paths:
+            return pa.array([], pa.int64())
+        return pa.concat_arrays([c for p in paths for c in pq.read_table(p, columns=["line_id"]).column("line_id").chunks])
 
     def commit_file(
-        self, sha256: str, source: Path, canon: pd.DataFrame, quarantine: pd.DataFrame, report: FileReport
+        self, sha256: str, source: Path, canon: pa.Table, quarantine: pd.DataFrame, report: FileReport
     ) -> None:
         stage = self.staging / sha256
         stage.mkdir(parents=True, exist_ok=True)
         moves: list[tuple[Path, Path, str, str | None, int]] = []
         tag = sha256[:16]
-        if len(canon):
-            for day, part in canon.groupby(day_of(canon["invoice_ts"]), sort=True):
+        if canon.num_rows:
+            days = day_of(canon.column("invoice_ts"))
+            for day in np.unique(days):
+                part = canon.filter(pa.array(days == day)).cast(CANONICAL_SCHEMA)
                 tmp = stage / f"day={day}.parquet"
-                table = pa.Table.from_pandas(part.reset_index(drop=True), schema=CANONICAL_SCHEMA, preserve_index=False)
-                pq.write_table(table, tmp, compression="zstd")
+                pq.write_table(part, tmp, compression="zstd")
                 dest = self.canonical / f"day={day}" / f"part-{tag}.parquet"
-                moves.append((tmp, dest, "order_lines", str(day), len(part)))
+                moves.append((tmp, dest, "order_lines", str(day), part.num_rows))
         if len(quarantine):
             tmp = stage / "quarantine.parquet"
             table = pa.Table.from_pandas(quarantine.reset_index(drop=True), schema=QUARANTINE_SCHEMA, preserve_index=False)
@@ -233,9 +234,9 @@ class OrderStore:
         shutil.rmtree(stage, ignore_errors=True)
 
 
-def day_of(ts: pd.Series) -> np.ndarray:
-    """ISO day of each timestamp (numpy casting; strftime is far slower)."""
-    return ts.dt.tz_convert(None).to_numpy().astype("datetime64[D]").astype(str)
+def day_of(ts: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """The UTC day of each timestamp, as ISO dates (numpy casting; strftime is far slower)."""
+    return ts.cast(pa.int64()).to_numpy().astype("datetime64[us]").astype("datetime64[D]").astype(str)
 
 
 def read_quarantine(data_dir: Path) -> pd.DataFrame:

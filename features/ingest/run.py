@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Sequence
+import queue
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from patron.faults import crash_point
 from patron.features.ingest.classify import classify
@@ -50,39 +53,95 @@ def ingest(
         store.migrate_line_ids()
         pending: list[tuple[Path, str, RawFrame]] = []
         pending_rows = 0
-        for path in files:
-            digest = _sha256(path)
-            record = store.file_record(digest)
-            if record is None and any(d == digest for _, d, _ in pending):
-                record = {}  # the same bytes twice in one run: the second copy is a re-ingest
-            if record is not None:
-                _flush(store, pending, report, plausible, progress)
-                pending, pending_rows = [], 0
-                record = record or store.file_record(digest) or {}
-                report.add(
-                    FileReport(
-                        path=str(path),
-                        sha256=digest,
-                        status="already_ingested",
-                        rows_in=record.get("rows_in", 0),
-                        rows_written=0,
-                        quarantined=record.get("quarantined", 0),
-                        classes=record.get("classes", {c: 0 for c in LINE_CLASSES}),
-                        encoding=record.get("encoding", ""),
-                        delimiter=record.get("delimiter", ""),
+        with _ReadAhead(files, store, max_rows=batch_rows) as ahead:
+            for path, digest, raw in ahead:
+                # checked again here: the same bytes may have been committed by this run since they were read
+                record = store.file_record(digest)
+                if record is None and any(d == digest for _, d, _ in pending):
+                    record = {}  # the same bytes twice in one run: the second copy is a re-ingest
+                if record is not None:
+                    _flush(store, pending, report, plausible, progress)
+                    pending, pending_rows = [], 0
+                    record = record or store.file_record(digest) or {}
+                    report.add(
+                        FileReport(
+                            path=str(path),
+                            sha256=digest,
+                            status="already_ingested",
+                            rows_in=record.get("rows_in", 0),
+                            rows_written=0,
+                            quarantined=record.get("quarantined", 0),
+                            classes=record.get("classes", {c: 0 for c in LINE_CLASSES}),
+                            encoding=record.get("encoding", ""),
+                            delimiter=record.get("delimiter", ""),
+                        )
                     )
-                )
-                if progress:
-                    progress(1)
-                continue
-            raw = read_raw(path)
-            pending.append((path, digest, raw))
-            pending_rows += raw.rows
-            if pending_rows >= batch_rows:
-                _flush(store, pending, report, plausible, progress)
-                pending, pending_rows = [], 0
+                    if progress:
+                        progress(1)
+                    continue
+                assert raw is not None  # read whenever the file was not committed when it was reached
+                pending.append((path, digest, raw))
+                pending_rows += raw.rows
+                if pending_rows >= batch_rows:
+                    _flush(store, pending, report, plausible, progress)
+                    pending, pending_rows = [], 0
         _flush(store, pending, report, plausible, progress)
     return report
+
+
+class _ReadAhead:
+    """The files' digests and text, read by a thread while the batch before them is classified and
+    written (reading is Python's CSV parser; classifying and writing leave the interpreter free).
+
+    Holds at most ``max_rows`` rows read ahead (plus one file); a file already committed is not
+    read. A file that cannot be read raises when the loop reaches it, so every file before it is
+    handled first, as without the thread.
+    """
+
+    def __init__(self, files: Sequence[Path], store: OrderStore, *, max_rows: int) -> None:
+        self._files, self._store, self._max_rows = files, store, max_rows
+        self._items: queue.Queue = queue.Queue()
+        self._cond = threading.Condition()
+        self._ahead = 0
+        self._stopped = False
+        self._thread = threading.Thread(target=self._read, name="ingest-read-ahead", daemon=True)
+
+    def __enter__(self) -> "_ReadAhead":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with self._cond:
+            self._stopped = True
+            self._cond.notify_all()
+        self._thread.join()
+
+    def _read(self) -> None:
+        for path in self._files:
+            with self._cond:
+                self._cond.wait_for(lambda: self._ahead < self._max_rows or self._stopped)
+                if self._stopped:
+                    return
+            try:
+                digest = _sha256(path)
+                raw = None if self._store.file_record(digest) is not None else read_raw(path)
+            except BaseException as exc:  # handed to the loop, which raises it in its turn
+                self._items.put((path, None, None, exc))
+                return
+            with self._cond:
+                self._ahead += raw.rows if raw is not None else 0
+            self._items.put((path, digest, raw, None))
+        self._items.put(None)
+
+    def __iter__(self) -> Iterator[tuple[Path, str, RawFrame | None]]:
+        while (item := self._items.get()) is not None:
+            path, digest, raw, exc = item
+            if exc is not None:
+                raise exc
+            with self._cond:
+                self._ahead -= raw.rows if raw is not None else 0
+                self._cond.notify_all()
+            yield path, digest, raw
 
 
 def _flush(
@@ -105,27 +164,29 @@ def _flush(
         broken = raw.broken.assign(source_file=key)
         keyed.append(RawFrame(frame, broken, raw.encoding, raw.delimiter))
     result = classify(RawFrame.concat(keyed), plausible=plausible)
-    canon_by_file = dict(tuple(result.canonical.groupby("source_file", sort=False)))
+    canonical = result.canonical
+    keys = canonical.column("source_file")
+    file_col = canonical.schema.get_field_index("source_file")
     quar_by_file = dict(tuple(result.quarantine.groupby("source_file", sort=False)))
-    empty_canon = result.canonical.iloc[0:0]
     empty_quar = result.quarantine.iloc[0:0]
     for k, (path, digest, raw) in enumerate(pending):
         key = f"{k}\x1f{path.name}"
-        canon = canon_by_file.get(key, empty_canon).assign(source_file=path.name)
+        canon = canonical.filter(pc.equal(keys, key))
+        canon = canon.set_column(file_col, "source_file", pa.array([path.name] * canon.num_rows, pa.string()))
         quarantine = quar_by_file.get(key, empty_quar).assign(source_file=path.name)
-        if len(canon):
+        if canon.num_rows:
             # The same order lines can arrive again in a later, differently named export.
             # a day either side: another system's clock or time zone can put the same line on the next day
-            days = np.unique(day_of(canon["invoice_ts"]).astype("datetime64[D]"))
+            days = np.unique(day_of(canon.column("invoice_ts")).astype("datetime64[D]"))
             known = store.existing_line_ids({str(d + k) for d in days for k in (-1, 0, 1)})
-            if known:
-                canon = canon[~canon["line_id"].isin(known)]
+            if len(known):
+                canon = canon.filter(pc.invert(pc.is_in(canon.column("line_id"), value_set=known)))
         fr = FileReport(
             path=str(path),
             sha256=digest,
             status="ingested",
             rows_in=raw.rows,
-            rows_written=len(canon),
+            rows_written=canon.num_rows,
             quarantined=len(quarantine),
             classes=result.classes.get(key, {c: 0 for c in LINE_CLASSES}),
             encoding=raw.encoding,
