@@ -457,6 +457,28 @@ def test_both_top_n_lists_from_one_selection_equal_two_selections() -> None:
     assert all(np.array_equal(a, b) for a, b in zip(every, unseen))
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_top_n_of_a_sparse_block_equals_that_of_its_dense_positive_entries(dtype) -> None:
+    """A sparse score block (co-purchase) selects as the dense block would with every absent or
+    non-positive entry left out; ties, explicit zeros, negative entries and empty rows included."""
+    import scipy.sparse as sp
+
+    from patron.training.recs.topn import top_dense_both, top_sparse_both
+
+    rng = np.random.default_rng(3)
+    dense = (rng.integers(0, 5, (25, 70)) * (rng.random((25, 70)) < 0.3)).astype(dtype)
+    dense[4] = 0.0
+    dense[7, :5] = -1.0  # stored, but no part of a co-purchase list
+    block = sp.csr_matrix(dense)
+    block.data[::7] = 0.0  # explicit zeros: stored, not positive
+    seen = tuple(a.astype(np.int64) for a in np.nonzero(rng.random(dense.shape) < 0.25))
+    for cap in (1, 3, 10, 70, 200):
+        want = top_dense_both(np.where(block.toarray() > 0, block.toarray(), -np.inf).astype(dtype), cap, seen)
+        got = top_sparse_both(block, cap, seen)
+        for g, w in zip(got, want):
+            assert all(np.array_equal(a, b) for a, b in zip(g, w)), cap
+
+
 def test_the_first_unseen_items_of_a_global_order_and_their_ranks() -> None:
     from patron.training.recs.topn import global_unseen_rank, top_global
 

@@ -23,7 +23,7 @@ import scipy.sparse as sp
 from patron.training.recs.baselines import als_confidence, ease_columns, ease_weights, fit_als
 from patron.training.recs.history import History, coded_lines
 from patron.training.recs.params import RecParams
-from patron.training.recs.topn import global_unseen_rank, pair_keys, rank_table, top_dense_both, top_global
+from patron.training.recs.topn import global_unseen_rank, pair_keys, rank_table, top_dense_both, top_global, top_sparse_both
 
 SOURCES = ("buy_again", "co_purchase", "als", "ease", "trending", "popular")
 BUY, COP, ALS, EASE, TREND, POP = range(6)
@@ -271,22 +271,19 @@ class Sources:
         s_rows = np.repeat(np.arange(nb, dtype=np.int64), lens)
         s_cols = h.indices[gpos].astype(np.int64)
         seen = (s_rows, s_cols)
-        # source scores, dense over the block (rows x items: bounded by the block size)
-        shape = (nb, n_i)
-        # each source's first items among all and among the unseen, from one selection
+        # each source's first items among all and among the unseen, from one selection. ALS scores
+        # every item (dense over the block: rows x items, bounded by the block size); EASE only
+        # its capped item set; co-purchase only the neighbours of what the customers bought
         als = self.U[rows] @ self.V.T
         als_sel, als_top = top_dense_both(als, cap, seen)
-        als_all = rank_table(shape, als_sel, cap)
-        ease_cols = self.ease_cols
+        ease_cols, ease_pos = self.ease_cols, self.ease_pos
         E = (self.P[rows][:, ease_cols] @ self.B) if len(ease_cols) else np.zeros((nb, 0), np.float32)
-        ease = np.full(shape, np.nan, np.float32)
-        ease[:, ease_cols] = E
-        ease_sel, ease_top = top_dense_both(ease, cap, seen)
-        ease_all = rank_table(shape, ease_sel, cap)
-        cop = (self.W[rows] @ self.S).toarray()
-        cop_pos = np.where(cop > 0, cop, -np.inf)
-        cop_sel, cop_top = top_dense_both(cop_pos, cap, seen)
-        cop_all = rank_table(shape, cop_sel, cap)
+        E32 = np.asarray(E, np.float32)
+        in_ease = ease_pos[s_cols] >= 0
+        (er_, ec_, ek_), (tr_, tc_, tk_) = top_dense_both(E32, cap, (s_rows[in_ease], ease_pos[s_cols[in_ease]]))
+        ease_sel, ease_top = (er_, ease_cols[ec_], ek_), (tr_, ease_cols[tc_], tk_)
+        cop = (self.W[rows] @ self.S).tocsr()
+        cop_sel, cop_top = top_sparse_both(cop, cap, seen)
         pop_order, trend_order = self.global_orders()
         # history candidates: the max_history items with the highest frequency x recency
         entries = []
@@ -342,26 +339,30 @@ class Sources:
             # invoice ages ascend within a customer and customers follow each other: one sorted key
             q = cust.astype(np.float64) * 1e6 + fa[bi] + 1e-4
             since_first[bi] = np.searchsorted(self.inv_key, q, side="right") - h.inv_indptr[cust]
-        in_e = self.ease_pos[pi] >= 0
+        e_at = ease_pos[pi]
+        in_e = e_at >= 0
         als_v = als[pr, pi].astype(np.float64)
-        ease_v = ease[pr, pi].astype(np.float64)
-        cop_v = cop[pr, pi].astype(np.float64)
+        ease_v = np.where(in_e, E32[pr, np.maximum(e_at, 0)] if E32.shape[1] else np.nan, np.nan).astype(np.float64)
+        cop_v = cop.toarray()[pr, pi].astype(np.float64)
+        shape = (nb, n_i)
+
+        def rank(selected):
+            return rank_table(shape, selected, cap)[pr, pi]
+
         with np.errstate(all="ignore"):
             als_max = als.max(axis=1).astype(np.float64) if n_i else np.zeros(nb)
             ease_max = E.max(axis=1).astype(np.float64) if E.shape[1] else np.full(nb, np.nan)
-            cop_max = np.maximum(cop.max(axis=1), 0).astype(np.float64) if n_i else np.zeros(nb)
+            cop_max = np.maximum(cop.max(axis=1).toarray().ravel(), 0).astype(np.float64) if n_i else np.zeros(nb)
             unseen = ~b
             trend_u = np.where(unseen, global_unseen_rank(trend_order, n_i, seen, pr, pi), np.nan)
             pop_u = np.where(unseen, global_unseen_rank(pop_order, n_i, seen, pr, pi), np.nan)
             pair = np.column_stack([
                 b.astype(np.float64), n_ci, np.log1p(qty), fa, la, interval, la / interval,
                 n_ci / c_orders, n_ci / since_first, la - c_last,
-                als_v, als_all[pr, pi], np.where(unseen, rank_table(shape, als_top, cap)[pr, pi], np.nan),
-                als_v / als_max[pr],
-                ease_v, np.where(in_e, ease_all[pr, pi], np.nan),
-                np.where(in_e & unseen, rank_table(shape, ease_top, cap)[pr, pi], np.nan), ease_v / ease_max[pr],
-                cop_v, cop_all[pr, pi], np.where(unseen & (cop_v > 0), rank_table(shape, cop_top, cap)[pr, pi], np.nan),
-                cop_v / cop_max[pr],
+                als_v, rank(als_sel), np.where(unseen, rank(als_top), np.nan), als_v / als_max[pr],
+                ease_v, np.where(in_e, rank(ease_sel), np.nan),
+                np.where(in_e & unseen, rank(ease_top), np.nan), ease_v / ease_max[pr],
+                cop_v, rank(cop_sel), np.where(unseen & (cop_v > 0), rank(cop_top), np.nan), cop_v / cop_max[pr],
                 np.minimum(trend_u, cap), np.minimum(pop_u, cap),
             ])
         pair[~np.isfinite(pair)] = np.nan

@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 import numpy as np
+import scipy.sparse as sp
 
 T = TypeVar("T")
 
@@ -106,6 +107,32 @@ def top_dense_both(scores: np.ndarray, cap: int, seen: tuple[np.ndarray, np.ndar
     urank = np.arange(len(rows)) - (np.cumsum(counts) - counts)[rows]
     keep = urank < cap
     return every, (rows[keep], cols[keep], urank[keep].astype(np.int64))
+
+
+def top_sparse_both(scores: sp.csr_matrix, cap: int, seen: tuple[np.ndarray, np.ndarray]):
+    """:func:`top_dense_both` of a sparse block whose absent entries take no part: the first ``cap``
+    stored entries of each row with a positive score (by decreasing score, ties: lower column
+    first), and the first ``cap`` of those not ``seen``. Costs a sort of the stored entries, not a
+    pass over the catalogue."""
+    m = scores.tocoo()
+    positive = m.data > 0
+    rows, cols, values = m.row[positive].astype(np.int64), m.col[positive].astype(np.int64), m.data[positive]
+    n_rows, n_cols = scores.shape
+    if values.dtype == np.float32 and n_rows <= _MAX_KEY_ROWS and n_cols <= _MAX_KEY_COLS:
+        rows, cols = _key_order(rows, cols, values)
+    else:
+        order = np.lexsort((cols, -values, rows))
+        rows, cols = rows[order], cols[order]
+
+    def firsts(r: np.ndarray, c: np.ndarray):
+        counts = np.bincount(r, minlength=n_rows)
+        rank = np.arange(len(r)) - (np.cumsum(counts) - counts)[r]
+        keep = rank < cap
+        return r[keep], c[keep], rank[keep].astype(np.int64)
+
+    seen_keys = np.sort(pair_keys(*seen, n_cols))
+    unseen = ~np.isin(pair_keys(rows, cols, n_cols), seen_keys, assume_unique=False)
+    return firsts(rows, cols), firsts(rows[unseen], cols[unseen])
 
 
 def _global_positions(order: np.ndarray, n_cols: int) -> np.ndarray:
