@@ -79,7 +79,7 @@ def ingest(
                     if progress:
                         progress(1)
                     continue
-                assert raw is not None  # read whenever the file was not committed when it was reached
+                raw = raw if raw is not None else read_raw(path)  # (read ahead unless it was committed then)
                 pending.append((path, digest, raw))
                 pending_rows += raw.rows
                 if pending_rows >= batch_rows:
@@ -165,13 +165,17 @@ def _flush(
         keyed.append(RawFrame(frame, broken, raw.encoding, raw.delimiter))
     result = classify(RawFrame.concat(keyed), plausible=plausible)
     canonical = result.canonical
-    keys = canonical.column("source_file")
+    # each row's file, by its position in the batch: one pass over the rows, whatever the number of files
+    file_keys = pa.array([f"{k}\x1f{path.name}" for k, (path, _d, _r) in enumerate(pending)], pa.string())
+    codes = pc.index_in(canonical.column("source_file"), value_set=file_keys).to_numpy(zero_copy_only=False)
+    by_file = np.argsort(codes, kind="stable")  # within a file, the classified order (its lines)
+    bounds = np.searchsorted(codes[by_file], np.arange(len(pending) + 1))
     file_col = canonical.schema.get_field_index("source_file")
     quar_by_file = dict(tuple(result.quarantine.groupby("source_file", sort=False)))
     empty_quar = result.quarantine.iloc[0:0]
     for k, (path, digest, raw) in enumerate(pending):
         key = f"{k}\x1f{path.name}"
-        canon = canonical.filter(pc.equal(keys, key))
+        canon = canonical.take(by_file[bounds[k]:bounds[k + 1]])
         canon = canon.set_column(file_col, "source_file", pa.array([path.name] * canon.num_rows, pa.string()))
         quarantine = quar_by_file.get(key, empty_quar).assign(source_file=path.name)
         if canon.num_rows:
