@@ -155,9 +155,9 @@ def _flush(
     if not pending:
         return
     # Two files of one batch can share a name; classify under a unique key, report the real path.
+    keys = [f"{k}\x1f{path.name}" for k, (path, _digest, _raw) in enumerate(pending)]
     keyed = []
-    for k, (path, _digest, raw) in enumerate(pending):
-        key = f"{k}\x1f{path.name}"
+    for key, (_path, _digest, raw) in zip(keys, pending):
         frame = raw.frame.set_column(
             raw.frame.schema.get_field_index("source_file"), "source_file", pa.array([key] * raw.frame.num_rows, pa.string())
         )
@@ -166,15 +166,13 @@ def _flush(
     result = classify(RawFrame.concat(keyed), plausible=plausible)
     canonical = result.canonical
     # each row's file, by its position in the batch: one pass over the rows, whatever the number of files
-    file_keys = pa.array([f"{k}\x1f{path.name}" for k, (path, _d, _r) in enumerate(pending)], pa.string())
-    codes = pc.index_in(canonical.column("source_file"), value_set=file_keys).to_numpy(zero_copy_only=False)
+    codes = pc.index_in(canonical.column("source_file"), value_set=pa.array(keys, pa.string())).to_numpy(zero_copy_only=False)
     by_file = np.argsort(codes, kind="stable")  # within a file, the classified order (its lines)
     bounds = np.searchsorted(codes[by_file], np.arange(len(pending) + 1))
     file_col = canonical.schema.get_field_index("source_file")
     quar_by_file = dict(tuple(result.quarantine.groupby("source_file", sort=False)))
     empty_quar = result.quarantine.iloc[0:0]
-    for k, (path, digest, raw) in enumerate(pending):
-        key = f"{k}\x1f{path.name}"
+    for k, (key, (path, digest, raw)) in enumerate(zip(keys, pending)):
         canon = canonical.take(by_file[bounds[k]:bounds[k + 1]])
         canon = canon.set_column(file_col, "source_file", pa.array([path.name] * canon.num_rows, pa.string()))
         quarantine = quar_by_file.get(key, empty_quar).assign(source_file=path.name)

@@ -130,8 +130,7 @@ def top_sparse_both(scores: sp.csr_matrix, cap: int, seen: tuple[np.ndarray, np.
         keep = rank < cap
         return r[keep], c[keep], rank[keep].astype(np.int64)
 
-    seen_keys = np.sort(pair_keys(*seen, n_cols))
-    unseen = ~np.isin(pair_keys(rows, cols, n_cols), seen_keys, assume_unique=False)
+    unseen = ~np.isin(pair_keys(rows, cols, n_cols), pair_keys(*seen, n_cols))
     return firsts(rows, cols), firsts(rows[unseen], cols[unseen])
 
 
