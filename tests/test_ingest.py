@@ -340,3 +340,62 @@ def test_the_state_directory_is_private(tmp_path: Path, home: Path) -> None:
     assert res.exit_code == 0, res.output
     created = [p for p in home.rglob("*")]
     assert created and all(p.stat().st_mode & 0o077 == 0 for p in created), [oct(p.stat().st_mode) for p in created][:5]
+
+
+def test_a_regular_export_is_split_by_the_fast_parser_with_the_row_by_row_answer() -> None:
+    from patron.features.ingest.read import split_regular, split_rows
+
+    text = 'InvoiceNo,Description,Quantity\r\n536365,"HEART, WHITE",6\r\n536366,"SAY ""HI""",2\r\n\r\n'
+    fast, slow = split_regular(text, ","), split_rows(text, ",")
+    assert fast is not None, "a regular file must take the fast path"
+    for s in (fast, slow):
+        assert s.header == ["InvoiceNo", "Description", "Quantity"]
+        assert [c.to_pylist() for c in s.columns] == [["536365", "536366"], ["HEART, WHITE", 'SAY "HI"'], ["6", "2"]]
+        assert s.lines.tolist() == [2, 3] and s.broken == []
+
+
+@pytest.mark.parametrize("text", [
+    'a,b\n1,"two\nlines"\n3,4\n',  # a record over two lines: line numbers the fast parser cannot count
+    "a,b\n1,2\n\n3,4\n",  # a blank line before the last row shifts the line numbers
+    "a,b\n1,2\n3\n",  # a row of another width is kept aside with its reason
+    'a,b\n1,"open\n\n',  # a quote left open at the end takes the blank lines after it
+    "a\n1\n  \n2\n",  # one column: a line of blanks is no row
+])
+def test_texts_the_fast_parser_cannot_vouch_for_are_split_row_by_row(text: str) -> None:
+    from patron.features.ingest.read import split_regular
+
+    assert split_regular(text, ",") is None
+
+
+def test_the_fast_parser_agrees_with_the_row_by_row_reader_on_any_text() -> None:
+    """Whatever the quotes, delimiters and line ends: where the fast parser answers, its header,
+    fields and line numbers are the row-by-row reader's, and that reader found nothing broken."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    from patron.features.ingest.read import split_regular, split_rows
+
+    piece = st.sampled_from(["a", "1", " ", "é", '"', '""', ",", ";", "\n", "\r", "\r\n", "x y"])
+    field = st.one_of(st.text(st.sampled_from("a1 é,;\"\n"), max_size=4).map(lambda v: '"' + v.replace('"', '""') + '"'),
+                      st.text(st.sampled_from("a1 é;\""), max_size=4))
+    regular = st.lists(st.lists(field, min_size=3, max_size=3).map(",".join), max_size=6).map("\n".join)
+    text = st.tuples(st.sampled_from(["A,B,C\n", "A,B,C\r\n", '"A",B,C\r']),
+                     st.one_of(regular, st.lists(piece, max_size=40).map("".join)),
+                     st.sampled_from(["", "\n", "\r\n", "\n\n"])).map("".join)
+    answered = []
+
+    @settings(max_examples=600, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(text)
+    def check(t: str) -> None:
+        fast = split_regular(t, ",")
+        if fast is None:
+            return
+        answered.append(t)
+        slow = split_rows(t, ",")
+        assert slow.broken == [] and not slow.truncated
+        assert fast.header == slow.header
+        assert [c.to_pylist() for c in fast.columns] == [c.to_pylist() for c in slow.columns]
+        assert fast.lines.tolist() == slow.lines.tolist()
+
+    check()
+    assert len(answered) > 50, "the fast parser should answer for most regular texts"
