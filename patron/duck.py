@@ -40,8 +40,13 @@ def within_memory(what: str, limit: str) -> Iterator[None]:
         raise OutOfMemory(
             f"{what} needed more than the {limit} of memory DuckDB may use, even spilling to disk: raise "
             f"PATRON_DUCKDB_MEMORY_LIMIT (this machine has {free:.1f} GiB free now), or free disk space for "
-            f"the spill files ({exc.__class__.__name__})"
+            f"the spill files (DuckDB: {_first_line(exc)})"
         ) from exc
+
+
+def _first_line(exc: Exception) -> str:
+    """The head of DuckDB's own message: which allocation failed and how much was in use."""
+    return (str(exc).strip().splitlines() or [exc.__class__.__name__])[0]
 
 
 def quote(text: str | Path) -> str:

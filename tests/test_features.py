@@ -161,3 +161,14 @@ def test_a_build_that_cannot_fit_says_so_with_the_setting_that_helps(tmp_path: P
     with pytest.raises(OutOfMemory, match=r"needed more than the 256KB .* raise PATRON_DUCKDB_MEMORY_LIMIT"):
         build_features(home / "data", home / "fs" / "data", dt.date(2011, 1, 15), snapshots=[T], memory_limit="256KB")
     assert not (home / "fs" / "data" / "customer_features.parquet").exists()  # nothing half-written
+
+
+def test_a_query_past_the_memory_limit_says_what_met_it_and_what_would_help(tmp_path: Path) -> None:
+    from patron import duck
+
+    con = duck.connect(memory_limit="32MB", temp_dir=tmp_path)
+    with pytest.raises(duck.OutOfMemory) as err, duck.within_memory("the test table (3 snapshots)", "32MB"):
+        con.execute("SELECT list(i) FROM range(20000000) t(i)").fetchall()  # one list: cannot spill
+    msg = str(err.value)
+    assert "the test table (3 snapshots)" in msg and "32MB" in msg and "PATRON_DUCKDB_MEMORY_LIMIT" in msg
+    assert "DuckDB: " in msg and "allocate" in msg  # DuckDB's own account of the failed allocation
