@@ -17,11 +17,14 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
+import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from patron import duck
@@ -73,14 +76,15 @@ orders AS (
            count(*) AS n_lines,
            -- lines without a country (storefront events, exports without one) say nothing about it
            arg_max(country, invoice_ts) FILTER (WHERE country IS NOT NULL AND country <> '') AS country
-    FROM lines
+    FROM customer_lines
     -- the same "valid purchase" as labels and evaluation: paid service lines (postage) count too
     WHERE {valid_purchase} AND invoice_ts < $as_of
     GROUP BY customer_id, invoice_no
 ),
 -- the export's first day: a customer first seen in its first four weeks may be much older than
 -- the data says (their tenure is censored), which the models need to know
-data_start AS (SELECT min(ts) AS t0 FROM orders),
+-- (of the whole shop: SHOP_DATES_SQL, also when the customers are computed a range at a time)
+data_start AS (SELECT CAST($data_start AS TIMESTAMPTZ) AS t0),
 -- purchase days, as the BG/NBD and Gamma-Gamma models count them: several orders on one UTC day
 -- are one shopping occasion; the first day's spend is left out of the repeat spend
 days AS (
@@ -101,7 +105,7 @@ orders_gap AS (
 ),
 returns AS (
     SELECT customer_id, invoice_ts AS ts, -amount AS value
-    FROM lines
+    FROM customer_lines
     WHERE line_class = 'return' AND invoice_ts < $as_of
 ),
 snap AS (SELECT unnest($snapshots::TIMESTAMPTZ[]) AS t),
@@ -143,14 +147,14 @@ ret AS (
 -- instead of pairs x snapshots
 first_buys AS (
     SELECT customer_id, item_id, min(invoice_ts) AS first_ts
-    FROM lines
+    FROM customer_lines
     WHERE line_class = 'sale' AND item_id IS NOT NULL AND invoice_ts < $as_of
     GROUP BY customer_id, item_id
 ),
 -- each snapshot with the one before it: a pair first bought in [t_from, t) first counts at t (the
--- first snapshot's interval starts at the earliest first purchase)
+-- first snapshot's interval starts at the shop's earliest first purchase)
 snap_from AS (
-    SELECT s.t, coalesce(max(p.t), (SELECT min(first_ts) FROM first_buys)) AS t_from
+    SELECT s.t, coalesce(max(p.t), CAST($first_pair_ts AS TIMESTAMPTZ)) AS t_from
     FROM snap s LEFT JOIN snap p ON p.t < s.t
     GROUP BY s.t
 ),
@@ -207,6 +211,14 @@ JOIN first_days fd ON a.customer_id = fd.customer_id
 LEFT JOIN ret r ON a.customer_id = r.customer_id AND a.t = r.t
 LEFT JOIN distinct_products d ON a.customer_id = d.customer_id AND a.t = d.t
 ORDER BY customer_id, event_timestamp
+""".replace("{valid_purchase}", VALID_PURCHASE_SQL)
+
+# The two dates of the whole shop that customers' rows depend on: the data's first order and the
+# first purchase of any product (the first snapshot's interval of new pairs starts there).
+SHOP_DATES_SQL = """
+SELECT (SELECT min(invoice_ts) FROM lines WHERE {valid_purchase} AND invoice_ts < $as_of) AS data_start,
+       (SELECT min(invoice_ts) FROM lines WHERE line_class = 'sale' AND item_id IS NOT NULL AND invoice_ts < $as_of)
+           AS first_pair_ts
 """.replace("{valid_purchase}", VALID_PURCHASE_SQL)
 
 PRODUCT_SQL = """
@@ -360,20 +372,76 @@ BOUNDS_SQL = "SELECT min(invoice_ts), max(invoice_ts) FROM lines WHERE line_clas
 
 Engine = Literal["duckdb", "spark"]
 
+# (customer, snapshot) rows of the customer table that one query computes per GB of DuckDB's
+# memory: 100,000 customers x 53 snapshots fitted in 3 GB, barely; 1,000,000 x 53 did not fit in 10 GB.
+ROWS_PER_GB = 1_000_000
+
+
+def customers_per_range(memory_limit: str, snapshots: int) -> int:
+    """How many customers one query of the customer table may hold, for this memory limit."""
+    return max(1_000, int(duck.limit_bytes(memory_limit) / 2**30 * ROWS_PER_GB) // max(snapshots, 1))
+
 
 class DuckTables:
-    """The feature build's queries in an embedded DuckDB session, over a view ``lines`` of the parts."""
+    """The feature build's queries in an embedded DuckDB session, over a view ``lines`` of the parts
+    and a view ``customer_lines`` of the lines of the customers being computed (all, or a range)."""
 
     def __init__(self, parts: Sequence[Path], *, memory_limit: str | None, temp_dir: Path) -> None:
         # Past the limit DuckDB spills joins and aggregations to disk instead of growing.
         self.con = duck.connect(memory_limit=memory_limit, temp_dir=temp_dir)
         self.con.execute(f"CREATE OR REPLACE VIEW lines AS SELECT * FROM {duck.scan(parts)}")
+        self.con.execute("CREATE OR REPLACE VIEW customer_lines AS SELECT * FROM lines")
 
     def one(self, sql: str, params: Mapping[str, Any]) -> tuple:
         return self.con.execute(sql, dict(params)).fetchone()
 
-    def write(self, sql: str, params: Mapping[str, Any], dest: Path, label: str) -> None:
-        self.con.execute(f"COPY ({sql}) TO {duck.quote(dest)} (FORMAT parquet, COMPRESSION zstd)", dict(params))
+    def customer_ranges(self, per_range: int) -> list[tuple[int, int]]:
+        """Customer ids cut into consecutive ranges of at most ``per_range`` customers each."""
+        ids = self.con.execute("SELECT DISTINCT customer_id FROM lines WHERE customer_id IS NOT NULL ORDER BY 1").fetchnumpy()["customer_id"]
+        if not len(ids):
+            return []
+        starts = np.asarray(ids[::per_range], np.int64)
+        return list(zip(starts.tolist(), [*starts[1:].tolist(), int(ids[-1]) + 1]))
+
+    def write(self, sql: str, params: Mapping[str, Any], dest: Path, label: str,
+              customer_ranges: Sequence[tuple[int, int]] | None = None) -> None:
+        """``sql``'s rows to the Parquet file ``dest``; with ``customer_ranges``, one range of
+        customers at a time (``customer_lines`` is that range's lines, split off in one pass
+        beforehand), appended in range order, the query's own order within a range."""
+        if not customer_ranges:
+            self.con.execute(f"COPY ({sql}) TO {duck.quote(dest)} (FORMAT parquet, COMPRESSION zstd)", dict(params))
+            return
+        split = dest.with_name(dest.name + ".ranges")
+        part = dest.with_name(dest.name + ".range")
+        shutil.rmtree(split, ignore_errors=True)
+        writer: pq.ParquetWriter | None = None
+        try:
+            # the range of a line: how many range starts after the first its customer is at or past
+            which = " + ".join(f"(customer_id >= {int(lo)})::INTEGER" for lo, _ in customer_ranges[1:]) or "0"
+            self.con.execute(f"""COPY (SELECT *, {which} AS customer_range FROM lines
+                                      WHERE customer_id IS NOT NULL AND invoice_ts < $as_of)
+                                 TO {duck.quote(split)} (FORMAT parquet, PARTITION_BY (customer_range))""",
+                             {"as_of": params["as_of"]})
+            log.info("%s: lines split into %d customer id ranges", label, len(customer_ranges))
+            for i in range(len(customer_ranges)):
+                files = sorted((split / f"customer_range={i}").glob("*.parquet"))
+                self.con.execute("CREATE OR REPLACE VIEW customer_lines AS "
+                                 + (f"SELECT * EXCLUDE (customer_range) FROM {duck.scan(files)}" if files
+                                    else "SELECT * FROM lines WHERE false"))  # no line before as-of
+                self.write(sql, params, part, label)  # in the query's order
+                rows = pq.ParquetFile(part)
+                if writer is None:  # nullable as in one query over every customer (a range's ids are never null)
+                    schema = pa.schema([f.with_nullable(True) for f in rows.schema_arrow], metadata=rows.schema_arrow.metadata)
+                    writer = pq.ParquetWriter(dest, schema, compression="zstd")
+                for batch in rows.iter_batches(1 << 17):
+                    writer.write_table(pa.Table.from_batches([batch]).cast(schema))
+                log.info("%s: customers in %d of %d id ranges done", label, i + 1, len(customer_ranges))
+        finally:
+            if writer is not None:
+                writer.close()
+            part.unlink(missing_ok=True)
+            shutil.rmtree(split, ignore_errors=True)
+            self.con.execute("CREATE OR REPLACE VIEW customer_lines AS SELECT * FROM lines")
 
     def close(self) -> None:
         self.con.close()
@@ -417,13 +485,28 @@ def build_features(
         if any(s > as_of_ts for s in grid):
             raise ValueError(f"snapshots must not be after as-of {as_of_ts.isoformat()}")
         log.info("%s computes features for %d snapshots up to %s", engine, len(grid), as_of_ts.date())
+        with duck.within_memory("the shop's first dates", str(memory_limit)):
+            data_start, first_pair_ts = tables.one(SHOP_DATES_SQL, {"as_of": as_of_ts})
         params = {"as_of": as_of_ts, "snapshots": grid}
+        shop = {"data_start": data_start, "first_pair_ts": first_pair_ts}
         counts = {}
+        # a customer's rows depend on their own lines only (and on two dates of the whole shop):
+        # DuckDB computes them a range of customers at a time, within its memory whatever the
+        # shop's size; Spark spreads them over its executors in one query
+        ranges: list[tuple[int, int]] | None = None
+        if isinstance(tables, DuckTables):
+            with duck.within_memory("the customers' id ranges", str(memory_limit)):
+                ranges = tables.customer_ranges(customers_per_range(str(memory_limit), len(grid)))
         for name, sql in ((CUSTOMER_FEATURES_FILE, CUSTOMER_SQL), (PRODUCT_FEATURES_FILE, PRODUCT_SQL)):
             dest = out_dir / name
             tmp = out_dir / f".{name}.tmp"
             with duck.within_memory(f"the {name} table ({len(grid)} snapshots)", str(memory_limit)):
-                tables.write(sql, params, tmp, name)
+                if name != CUSTOMER_FEATURES_FILE:
+                    tables.write(sql, params, tmp, name)
+                elif isinstance(tables, DuckTables) and ranges and len(ranges) > 1:
+                    tables.write(sql, {**params, **shop}, tmp, name, customer_ranges=ranges)
+                else:
+                    tables.write(sql, {**params, **shop}, tmp, name)
             os.replace(tmp, dest)  # readers see the old table or the new one, never half of one
             counts[name] = pq.ParquetFile(dest).metadata.num_rows
             log.info("wrote %s rows to %s", counts[name], dest)

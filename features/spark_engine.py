@@ -113,7 +113,8 @@ def spark_sql(duckdb_sql: str) -> str:
 class SparkTables:
     """The feature build's queries over the canonical order lines, in a Spark session.
 
-    Same interface as the DuckDB runner of ``features.compute``: a view ``lines`` over the parts,
+    Same interface as the DuckDB runner of ``features.compute``: a view ``lines`` over the parts
+    (``customer_lines`` too: Spark computes every customer in one query),
     a query for one row, and a query written to one Parquet file.
     """
 
@@ -127,6 +128,7 @@ class SparkTables:
         # every query reads the lines several times (orders, returns, first buys): once from the files
         self.lines = lines.persist(StorageLevel.MEMORY_AND_DISK)
         self.lines.createOrReplaceTempView("lines")
+        self.lines.createOrReplaceTempView("customer_lines")  # every customer in one query
         log.info("spark reads %d order-line parts (%.1f s)", len(parts), time.monotonic() - started)
 
     def one(self, sql: str, params: Mapping[str, Any]) -> tuple:
@@ -158,6 +160,7 @@ class SparkTables:
     def close(self) -> None:
         """Free the cached lines; the session stays up for whoever runs next in this process."""
         self.spark.catalog.dropTempView("lines")
+        self.spark.catalog.dropTempView("customer_lines")
         self.lines.unpersist()
 
 

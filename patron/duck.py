@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -28,6 +29,17 @@ def memory_limit() -> str:
     from patron.settings import PatronSettings
 
     return PatronSettings().duckdb_memory_limit
+
+
+_UNITS = {"K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "KI": 2**10, "MI": 2**20, "GI": 2**30, "TI": 2**40}
+
+
+def limit_bytes(limit: str) -> float:
+    """``3GB``, ``1.5 GiB``, ``500MB`` (DuckDB's notation: GB = 1000^3, GiB = 1024^3) in bytes."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]i?)B\s*", limit, re.IGNORECASE)
+    if not m:
+        raise ValueError(f"a memory limit such as 3GB or 1.5GiB was expected, got {limit!r}")
+    return float(m.group(1)) * _UNITS[m.group(2).upper()]
 
 
 @contextlib.contextmanager

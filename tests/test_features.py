@@ -172,3 +172,46 @@ def test_a_query_past_the_memory_limit_says_what_met_it_and_what_would_help(tmp_
     msg = str(err.value)
     assert "the test table (3 snapshots)" in msg and "32MB" in msg and "PATRON_DUCKDB_MEMORY_LIMIT" in msg
     assert "DuckDB: " in msg and "allocate" in msg  # DuckDB's own account of the failed allocation
+
+
+def test_customers_computed_a_range_of_ids_at_a_time_get_the_same_rows(tmp_path: Path, home: Path, monkeypatch) -> None:
+    """The customer table of a large shop is computed one range of customer ids at a time: each
+    customer's rows, and the two shop-wide dates in them (the data's start, which censors tenure,
+    and the first purchase of any product), come out as from one query over everyone."""
+    from patron.features import compute
+
+    raw = orders(tmp_path) + [write_raw(tmp_path / "more.csv", [
+        line("4001", "10005", 1, "2010-12-01 09:00:00", 3.0, cust="34567.0"),  # the shop's first day
+        line("4002", "10001", 2, "2011-01-03 09:00:00", 5.0, cust="45678.0"),
+        line("4003", "10002", 1, "2011-01-09 09:00:00", 10.0, cust="45678.0"),
+    ])]
+    ingest(raw, home / "data")
+    grid = [T - dt.timedelta(days=7), T]
+    whole = build_features(home / "data", tmp_path / "whole", dt.date(2011, 1, 15), snapshots=grid)
+    monkeypatch.setattr(compute, "customers_per_range", lambda limit, snapshots: 1)  # one customer per query
+    ranged = build_features(home / "data", tmp_path / "ranged", dt.date(2011, 1, 15), snapshots=grid)
+    a, b = (pd.read_parquet(x.customer_path).drop(columns="created_at") for x in (whole, ranged))
+    assert len(a) == 7 and a["customer_id"].nunique() == 4
+    pd.testing.assert_frame_equal(a, b)  # in the same order, too
+    assert b.set_index("customer_id").loc[45678, "tenure_censored"].tolist() == [0, 0]  # 33 days after the shop's start
+    assert not list((tmp_path / "ranged").glob(".*range*"))
+
+
+def test_customer_id_ranges_cover_every_customer_once(tmp_path: Path, home: Path) -> None:
+    from patron.features.compute import DuckTables
+    from patron.features.ingest import OrderStore
+
+    ingest(orders(tmp_path), home / "data")
+    t = DuckTables(OrderStore(home / "data").committed_parts(), memory_limit="1GB", temp_dir=tmp_path / "spill")
+    try:
+        assert t.customer_ranges(1) == [(12345, 23456), (23456, 23457)]
+        assert t.customer_ranges(10) == [(12345, 23457)]
+    finally:
+        t.close()
+    assert duck_bytes("3GB") == 3e9 and duck_bytes("1.5GiB") == 1.5 * 2**30
+
+
+def duck_bytes(limit: str) -> float:
+    from patron import duck
+
+    return duck.limit_bytes(limit)
