@@ -432,8 +432,14 @@ def test_the_top_n_of_a_block_is_the_head_of_a_full_stable_sort(dtype) -> None:
             order = _stable_order(s)
             expected = [(r, int(c), j) for r in range(s.shape[0]) for j, c in enumerate(order[r])
                         if j < cap and np.isfinite(s[r, c])]
+            before = scores.copy()
             got = list(zip(*(a.tolist() for a in top_dense(scores, cap, exclude))))
             assert got == expected, (cap, exclude is None)
+            assert np.array_equal(scores, before, equal_nan=True)  # the caller's scores are left alone
+    finite = rng.standard_normal((8, 40)).astype(dtype)  # nothing to mask: selected in place, unchanged
+    before = finite.copy()
+    rows, cols, ranks = top_dense(finite, 5)
+    assert np.array_equal(finite, before) and np.array_equal(cols.reshape(8, 5), np.argsort(-finite, axis=1, kind="stable")[:, :5])
 
 
 def test_both_top_n_lists_from_one_selection_equal_two_selections() -> None:

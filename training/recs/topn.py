@@ -57,20 +57,28 @@ def top_dense(scores: np.ndarray, cap: int, exclude: tuple[np.ndarray, np.ndarra
     if k <= 0 or n_rows == 0:
         empty = np.zeros(0, np.int64)
         return empty, empty, empty
-    s = np.where(np.isfinite(scores), scores, -np.inf)
-    if exclude is not None and len(exclude[0]):
-        s[exclude[0], exclude[1]] = -np.inf
-    # the k-th largest score of each row: everything above it is in, ties with it by column order
-    kth = -np.partition(-s, k - 1, axis=1)[:, k - 1:k]
-    above = s > kth
-    tied = s == kth
-    room = k - above.sum(axis=1)
-    chosen = above | tied
-    crowded = np.flatnonzero(tied.sum(axis=1) > room)  # more ties than room: the lower columns
+    excluding = exclude is not None and len(exclude[0]) > 0
+    finite = np.isfinite(scores)
+    if excluding or not finite.all():  # a copy only when some entries take no part
+        s = np.where(finite, scores, -np.inf)
+        if excluding:
+            s[exclude[0], exclude[1]] = -np.inf
+    else:
+        s = scores
+    # the k-th largest score of each row: everything at or above it is in, but where it is tied,
+    # only as many of the tied entries as there is room for, the lower columns first
+    kth = np.partition(s, n_cols - k, axis=1)[:, n_cols - k:n_cols - k + 1]
+    chosen = s >= kth
+    crowded = np.flatnonzero(chosen.sum(axis=1) > k)
     if len(crowded):
-        t = tied[crowded]
-        chosen[crowded] = above[crowded] | (t & (np.cumsum(t, axis=1) <= room[crowded, None]))
-    chosen &= s > -np.inf
+        sc, kc = s[crowded], kth[crowded]
+        above = sc > kc
+        t = sc == kc
+        room = k - above.sum(axis=1)
+        chosen[crowded] = above | (t & (np.cumsum(t, axis=1) <= room[:, None]))
+    short = np.flatnonzero(np.isneginf(kth[:, 0]))  # rows with fewer than k entries that take part
+    if len(short):
+        chosen[short] &= s[short] > -np.inf
     rows, cols = np.nonzero(chosen)  # row, then column order
     counts = np.bincount(rows, minlength=n_rows)
     if s.dtype == np.float32 and n_rows <= _MAX_KEY_ROWS and n_cols <= _MAX_KEY_COLS:
