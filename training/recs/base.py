@@ -266,6 +266,10 @@ class DenseRecommender(RecommenderBase):
     """A model that scores every item for a block of customers (``_dense_scores``): both lists of a
     block come from one scoring of it."""
 
+    # False: no item is ever scored (every list comes from the popular fill), so no block of
+    # scores is made or searched
+    scores_items = True
+
     @abstractmethod
     def _dense_scores(self, rows: np.ndarray) -> np.ndarray:
         """(len(rows) x items) scores of known customer rows; -inf: never recommended."""
@@ -298,12 +302,12 @@ class DenseRecommender(RecommenderBase):
         for start in range(0, len(ids), block):
             r = rows[start:start + block]
             known = np.flatnonzero(r >= 0)
-            dense = np.full((len(r), h.n_items), -np.inf)
-            if len(known):
+            dense = np.full((len(r), h.n_items if self.scores_items else 0), -np.inf)
+            if len(known) and self.scores_items:
                 dense[known] = self._dense_scores(r[known])
             Xr = X[r[known]]
             for new_only in which:
-                if new_only:  # what the customer bought is never listed
+                if new_only and self.scores_items:  # what the customer bought is never listed
                     dense[np.repeat(known, np.diff(Xr.indptr)), Xr.indices] = -np.inf
                 top = top_k_rows(dense, k)
                 vals = np.take_along_axis(dense, top, axis=1)

@@ -20,6 +20,7 @@ class PopularityRecommender(DenseRecommender):
     """The items with the most distinct buyers in the last ``days`` days, the same for everyone."""
 
     kind = "popularity"
+    scores_items = False
 
     def __init__(self, days: float = 30.0):
         self.days = float(days)
