@@ -92,13 +92,29 @@ def session(memory_limit: str) -> Iterator[duckdb.DuckDBPyConnection]:
         con.close()
 
 
+_SPILL: list[Path] = []
+
+
+def _private_spill() -> Path:
+    """This process's folder for DuckDB's spill files when the caller names none: readable by its
+    user only and removed at exit (DuckDB's own default is ``.tmp`` in the working directory,
+    where order lines would land beside whatever the user runs Patron from)."""
+    if not _SPILL:
+        import atexit
+        import shutil
+        import tempfile
+
+        _SPILL.append(Path(tempfile.mkdtemp(prefix="patron-duckdb-")))
+        atexit.register(shutil.rmtree, _SPILL[0], True)
+    return _SPILL[0]
+
+
 def connect(*, memory_limit: str | None = None, temp_dir: Path | None = None) -> duckdb.DuckDBPyConnection:
-    """An in-memory DuckDB session in UTC; with ``memory_limit`` it spills to ``temp_dir`` instead
-    of growing past the limit."""
+    """An in-memory DuckDB session in UTC; with ``memory_limit`` it spills to ``temp_dir`` (by
+    default a private folder of this process) instead of growing past the limit."""
     con = duckdb.connect()
     con.execute(UTC_SESSION)
-    if temp_dir is not None:
-        con.execute(f"SET temp_directory = {quote(temp_dir)}")
+    con.execute(f"SET temp_directory = {quote(temp_dir if temp_dir is not None else _private_spill())}")
     if memory_limit:
         con.execute("SET preserve_insertion_order = false")  # lets large aggregations stream
         con.execute(f"SET memory_limit = {quote(memory_limit)}")

@@ -215,3 +215,14 @@ def duck_bytes(limit: str) -> float:
     from patron import duck
 
     return duck.limit_bytes(limit)
+
+
+def test_duckdb_spills_into_a_private_folder_never_the_working_directory(tmp_path: Path, monkeypatch) -> None:
+    from patron import duck
+
+    monkeypatch.chdir(tmp_path)
+    with duck.connect(memory_limit="48MB") as con:
+        con.execute("SELECT i, md5(i::VARCHAR) AS h FROM range(1000000) t(i) ORDER BY h").fetchall()  # spills
+        spill = Path(con.execute("SELECT current_setting('temp_directory')").fetchone()[0])
+    assert not (tmp_path / ".tmp").exists() and list(tmp_path.iterdir()) == []
+    assert spill.is_dir() and spill.stat().st_mode & 0o077 == 0
