@@ -92,21 +92,29 @@ def session(memory_limit: str) -> Iterator[duckdb.DuckDBPyConnection]:
         con.close()
 
 
-_SPILL: list[Path] = []
+_SPILL: dict[int, Path] = {}
 
 
 def _private_spill() -> Path:
     """This process's folder for DuckDB's spill files when the caller names none: readable by its
     user only and removed at exit (DuckDB's own default is ``.tmp`` in the working directory,
-    where order lines would land beside whatever the user runs Patron from)."""
-    if not _SPILL:
+    where order lines would land beside whatever the user runs Patron from). A forked child
+    gets a folder of its own and never removes its parent's."""
+    pid = os.getpid()
+    if pid not in _SPILL:
         import atexit
-        import shutil
         import tempfile
 
-        _SPILL.append(Path(tempfile.mkdtemp(prefix="patron-duckdb-")))
-        atexit.register(shutil.rmtree, _SPILL[0], True)
-    return _SPILL[0]
+        _SPILL[pid] = Path(tempfile.mkdtemp(prefix="patron-duckdb-"))
+        atexit.register(_remove_spill, pid)
+    return _SPILL[pid]
+
+
+def _remove_spill(pid: int) -> None:
+    import shutil
+
+    if os.getpid() == pid:
+        shutil.rmtree(_SPILL[pid], ignore_errors=True)
 
 
 def connect(*, memory_limit: str | None = None, temp_dir: Path | None = None) -> duckdb.DuckDBPyConnection:
