@@ -208,13 +208,15 @@ def test_customer_id_ranges_cover_every_customer_once(tmp_path: Path, home: Path
         assert t.customer_ranges(10) == [(12345, 23457)]
     finally:
         t.close()
-    assert duck_bytes("3GB") == 3e9 and duck_bytes("1.5GiB") == 1.5 * 2**30
 
 
-def duck_bytes(limit: str) -> float:
+def test_memory_limits_read_as_duckdb_reads_them() -> None:
     from patron import duck
 
-    return duck.limit_bytes(limit)
+    assert duck.limit_bytes("3GB") == 3e9 and duck.limit_bytes("1.5GiB") == 1.5 * 2**30
+    assert duck.limit_bytes("500 MB") == 5e8
+    with pytest.raises(ValueError, match="expected, got '3 gigs'"):
+        duck.limit_bytes("3 gigs")
 
 
 def test_duckdb_spills_into_a_private_folder_never_the_working_directory(tmp_path: Path, monkeypatch) -> None:

@@ -168,12 +168,8 @@ def _read_parquet(path: Path) -> RawFrame:
         raise UnreadableFileError(f"{path}: not a readable Parquet file ({exc}); nothing from it was stored") from exc
     check_header(table.column_names, path)
     n = table.num_rows
-    empty = pa.array([""] * n, pa.string())
-    frame = _raw_table(
-        [pc.fill_null(table.column(c).cast(pa.string()), "") if c in table.column_names else empty for c in RAW_COLUMNS],
-        path.name,
-        np.arange(1, n + 1),
-    )
+    columns = {c: pc.fill_null(table.column(c).cast(pa.string()), "") for c in table.column_names if c in RAW_COLUMNS}
+    frame = _raw_table(_in_raw_order(columns, n), path.name, np.arange(1, n + 1))
     return RawFrame(frame, _broken_frame(path.name, []), "parquet", "")
 
 
@@ -199,12 +195,8 @@ def _read_csv(path: Path) -> RawFrame:
         raise UnreadableFileError(
             f"{path}: looks truncated (line {split.broken[-1][0]} is incomplete and has no line end); nothing from it was stored"
         )
-    names = [h.strip() for h in split.header]
-    n = len(split.lines)
-    empty = pa.array([""] * n, pa.string())
-    # an optional column the file does not have is read as empty
-    columns = [split.columns[names.index(c)] if c in names else empty for c in RAW_COLUMNS]
-    frame = _raw_table(columns, path.name, split.lines)
+    columns = dict(zip((h.strip() for h in split.header), split.columns))
+    frame = _raw_table(_in_raw_order(columns, len(split.lines)), path.name, split.lines)
     return RawFrame(frame, _broken_frame(path.name, split.broken), encoding, delimiter)
 
 
@@ -297,6 +289,12 @@ def split_regular(text: str, delimiter: str) -> Split | None:
         return None  # a quote left open in the last row took the blank lines after it
     header = [c[0].as_py() for c in columns]
     return Split(header, [c[1:] for c in columns], np.arange(2, physical + 1, dtype=np.int64), [])
+
+
+def _in_raw_order(columns: dict[str, pa.Array | pa.ChunkedArray], n: int) -> list[pa.Array | pa.ChunkedArray]:
+    """The file's columns in RAW_COLUMNS order; an optional column the file does not have is read as empty."""
+    empty = pa.array([""] * n, pa.string())
+    return [columns.get(c, empty) for c in RAW_COLUMNS]
 
 
 def _raw_table(columns: Sequence[pa.Array | pa.ChunkedArray], source_file: str, lines: np.ndarray) -> pa.Table:
