@@ -485,6 +485,44 @@ def test_the_top_n_of_a_sparse_block_equals_that_of_its_dense_positive_entries(d
             assert all(np.array_equal(a, b) for a, b in zip(g, w)), cap
 
 
+@pytest.mark.parametrize("n_rows", [40, 1500])  # one sort of 64-bit keys, and the general sort above 1,024 rows
+def test_the_first_entries_of_each_row_are_those_a_plain_sort_gives(n_rows) -> None:
+    from patron.training.recs.topn import top_entries
+
+    rng = np.random.default_rng(5)
+    n = n_rows * 6
+    pairs = np.unique(np.column_stack([rng.integers(0, n_rows, n), rng.integers(0, 300, n)]), axis=0)
+    rows, cols = pairs[rng.permutation(len(pairs))].T  # distinct (row, col), in no order
+    values = rng.integers(0, 4, len(rows)).astype(np.float32) / 3 - np.float32(0.5)  # ties and negatives
+    for cap in (1, 3, 50):
+        got = top_entries(rows, cols, values, n_rows, cap)
+        want = [(r, c, v) for r in range(n_rows)
+                for c, v in sorted(((int(c), float(v)) for c, v in zip(cols[rows == r], values[rows == r])), key=lambda e: (-e[1], e[0]))[:cap]]
+        assert list(zip(got[0].tolist(), got[1].tolist(), got[2].tolist())) == want, cap
+
+
+def test_co_purchase_similarity_is_computed_block_by_block_with_the_same_answer() -> None:
+    """Three baskets {a, b, c}, {a, b}, {b, d}: C(a, b) = 2, n_a = 2, n_b = 3, so s(a, b) =
+    2 / sqrt(6) x 2 / (2 + 2); one item per block gives the matrix of one block."""
+    from patron.training.recs.history import coded_lines
+    from patron.training.recs.sources import basket_similarity
+
+    t = pd.Timestamp("2011-01-03", tz="UTC")
+    lines = make_lines([(1, "i1", "a", t), (1, "i1", "b", t), (1, "i1", "c", t), (2, "i2", "a", t), (2, "i2", "b", t),
+                        (3, "i3", "b", t), (3, "i3", "d", t)])
+    with coded_lines(lines, dt.datetime(2011, 2, 1, tzinfo=dt.timezone.utc)) as con:
+        whole = basket_similarity(con, 4, neighbours=10, shrink=2.0)
+        blocks = basket_similarity(con, 4, neighbours=10, shrink=2.0, block_pairs=1)
+        top1 = basket_similarity(con, 4, neighbours=1, shrink=2.0, block_pairs=1).toarray()
+    S = whole.toarray()
+    assert S[0, 1] == S[1, 0] == pytest.approx(2 / math.sqrt(6) * 0.5, rel=1e-6)
+    assert S[1, 3] == pytest.approx(1 / math.sqrt(3) / 3, rel=1e-6) and S[0, 3] == 0 and np.all(np.diag(S) == 0)
+    assert (np.array_equal(whole.indptr, blocks.indptr) and np.array_equal(whole.indices, blocks.indices)
+            and np.array_equal(whole.data, blocks.data))
+    # each item keeps its most similar one
+    assert [int(np.argmax(r)) for r in top1] == [int(np.argmax(r)) for r in S] and (top1 > 0).sum(axis=1).tolist() == [1, 1, 1, 1]
+
+
 def test_the_first_unseen_items_of_a_global_order_and_their_ranks() -> None:
     from patron.training.recs.topn import global_unseen_rank, top_global
 

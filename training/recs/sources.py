@@ -23,7 +23,15 @@ import scipy.sparse as sp
 from patron.training.recs.baselines import als_confidence, ease_columns, ease_weights, fit_als
 from patron.training.recs.history import History, coded_lines
 from patron.training.recs.params import RecParams
-from patron.training.recs.topn import global_unseen_rank, pair_keys, rank_table, top_dense_both, top_global, top_sparse_both
+from patron.training.recs.topn import (
+    global_unseen_rank,
+    pair_keys,
+    rank_table,
+    top_dense_both,
+    top_entries,
+    top_global,
+    top_sparse_both,
+)
 
 SOURCES = ("buy_again", "co_purchase", "als", "ease", "trending", "popular")
 BUY, COP, ALS, EASE, TREND, POP = range(6)
@@ -48,40 +56,48 @@ BASKET_ITEMS_SQL = ("SELECT k, i FROM (SELECT DISTINCT invoice_no, i FROM cl)"
 WINDOW_BUYERS_SQL = "SELECT i, count(DISTINCT c) AS n FROM cl WHERE age >= $lo AND age < $hi GROUP BY i"
 
 
-def basket_similarity(con, n_items: int, neighbours: int, shrink: float) -> sp.csr_matrix:
+COP_BLOCK_PAIRS = 10_000_000  # item pairs one block of the co-purchase counts may hold (about 30 bytes each at work)
+COP_BLOCK_ROWS = 1024  # items per block at most (their neighbours are selected by one sort of 64-bit keys)
+
+
+def basket_similarity(con, n_items: int, neighbours: int, shrink: float, block_pairs: int | None = None) -> sp.csr_matrix:
     """Item x item co-purchase similarity over the invoices of a :func:`coded_lines` session:
     cosine C_ij / sqrt(n_i n_j), shrunk by C_ij / (C_ij + shrink), keeping the ``neighbours`` most
-    similar items per row."""
+    similar items per row (ties: the lower item first).
+
+    The co-purchase counts C are computed for a block of items at a time, each block holding at
+    most about ``block_pairs`` item pairs (bounded by the sizes of the block's invoices), and
+    only each row's neighbours are kept: the whole item x item count matrix, which can approach
+    items x items on a large catalogue, is never held."""
     b = con.execute(BASKET_ITEMS_SQL).fetchnumpy()
     inv_codes, ii = np.asarray(b["k"], np.int32), np.asarray(b["i"], np.int32)
     Bm = sp.csr_matrix((np.ones(len(ii), np.float32), (inv_codes, ii)), shape=(int(inv_codes.max()) + 1, n_items))
     del b, inv_codes, ii
-    C = (Bm.T @ Bm).tocsr().astype(np.float32)
-    n = C.diagonal().astype(np.float32)
-    C.setdiag(0)
-    C.eliminate_zeros()
-    C = C.tocoo()
-    denom = np.sqrt(n[C.row] * n[C.col])
-    val = C.data / denom * (C.data / (C.data + shrink))
-    S = sp.csr_matrix((val.astype(np.float32), (C.row, C.col)), shape=(n_items, n_items))
-    S.sort_indices()
-    # keep the top neighbours of each row
+    Bt = Bm.T.tocsr()  # items x invoices
+    n = np.bincount(Bm.indices, weights=np.square(Bm.data, dtype=np.float64), minlength=n_items).astype(np.float32)
+    # the pairs a row of C can hold at most: the sizes of the item's invoices, summed
+    bound = np.cumsum(Bt @ np.diff(Bm.indptr).astype(np.float64))
+    budget = COP_BLOCK_PAIRS if block_pairs is None else block_pairs
     rows, cols, vals = [], [], []
-    for r in range(n_items):
-        lo, hi = S.indptr[r], S.indptr[r + 1]
-        if hi == lo:
-            continue
-        v = S.data[lo:hi]
-        c = S.indices[lo:hi]
-        if hi - lo > neighbours:
-            keep = np.lexsort((c, -v))[:neighbours]
-            v, c = v[keep], c[keep]
-        rows.append(np.full(len(c), r))
+    lo = 0
+    while lo < n_items:
+        hi = max(int(np.searchsorted(bound, (bound[lo - 1] if lo else 0.0) + budget, side="right")), lo + 1)
+        hi = min(hi, lo + COP_BLOCK_ROWS)
+        C = (Bt[lo:hi] @ Bm).tocoo()
+        r, c, d = C.row.astype(np.int64), C.col.astype(np.int64), C.data.astype(np.float32)
+        del C
+        off = (r + lo != c) & (d != 0)
+        r, c, d = r[off], c[off], d[off]
+        val = d / np.sqrt(n[r + lo] * n[c]) * (d / (d + shrink))
+        r, c, val = top_entries(r, c, val, hi - lo, neighbours)
+        rows.append(r + lo)
         cols.append(c)
-        vals.append(v)
+        vals.append(val)
+        lo = hi
     if not rows:
         return sp.csr_matrix((n_items, n_items), dtype=np.float32)
-    out = sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(n_items, n_items))
+    out = sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(n_items, n_items),
+                        dtype=np.float32)
     out.sort_indices()
     return out
 

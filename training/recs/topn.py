@@ -36,15 +36,50 @@ def rank_table(shape: tuple[int, int], selected: tuple[np.ndarray, np.ndarray, n
 _MAX_KEY_ROWS, _MAX_KEY_COLS = 1 << 10, 1 << 22  # 10 bits of row, 32 of score, 22 of column
 
 
-def _key_order(rows: np.ndarray, cols: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(rows, cols) ordered by row, then decreasing value, then column: one sort of 64-bit keys
-    (the float32 value's bits made order-preserving), not a stable argsort per row."""
+_SIGN = np.uint32(0x80000000)
+
+
+def _sorted_keys(rows: np.ndarray, cols: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """64-bit keys of (row, decreasing value, column), sorted: the float32 value's bits made
+    order-preserving, so one sort replaces a stable argsort per row."""
     b = (values.astype(np.float32) + np.float32(0.0)).view(np.uint32)  # + 0.0: -0.0 ties with 0.0
-    ascending = np.where(b & np.uint32(0x80000000), ~b, b | np.uint32(0x80000000))
+    ascending = np.where(b & _SIGN, ~b, b | _SIGN)
     key = ((rows.astype(np.uint64) << np.uint64(54)) | ((~ascending).astype(np.uint64) << np.uint64(22))
            | cols.astype(np.uint64))
     key.sort()
+    return key
+
+
+def _key_order(rows: np.ndarray, cols: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, cols) ordered by row, then decreasing value, then column (:func:`_sorted_keys`)."""
+    key = _sorted_keys(rows, cols, values)
     return (key >> np.uint64(54)).astype(np.int64), (key & np.uint64(_MAX_KEY_COLS - 1)).astype(np.int64)
+
+
+def _firsts(rows: np.ndarray, n_rows: int, cap: int) -> tuple[np.ndarray, np.ndarray]:
+    """For entries sorted by row: which are among the first ``cap`` of their row, and their rank."""
+    counts = np.bincount(rows, minlength=n_rows)
+    rank = np.arange(len(rows)) - np.repeat(np.cumsum(counts) - counts, counts)
+    return rank < cap, rank
+
+
+def top_entries(rows: np.ndarray, cols: np.ndarray, values: np.ndarray, n_rows: int, cap: int
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The first ``cap`` of each row among entries given as (rows in [0, n_rows), cols, float32
+    values), by decreasing value, ties: lower column first; returned as (rows, cols, values) in
+    that order (-0.0 comes back as 0.0)."""
+    rows, cols = np.asarray(rows, np.int64), np.asarray(cols, np.int64)
+    values = np.asarray(values, np.float32)
+    if n_rows <= _MAX_KEY_ROWS and (len(cols) == 0 or int(cols.max()) < _MAX_KEY_COLS):
+        key = _sorted_keys(rows, cols, values)
+        rows, cols = (key >> np.uint64(54)).astype(np.int64), (key & np.uint64(_MAX_KEY_COLS - 1)).astype(np.int64)
+        ascending = (~(key >> np.uint64(22))).astype(np.uint32)
+        values = np.where(ascending & _SIGN, ascending & ~_SIGN, ~ascending).view(np.float32)
+    else:
+        order = np.lexsort((cols, -values, rows))
+        rows, cols, values = rows[order], cols[order], values[order]
+    keep, _ = _firsts(rows, n_rows, cap)
+    return rows[keep], cols[keep], values[keep]
 
 
 def top_dense(scores: np.ndarray, cap: int, exclude: tuple[np.ndarray, np.ndarray] | None = None
@@ -133,9 +168,7 @@ def top_sparse_both(scores: sp.csr_matrix, cap: int, seen: tuple[np.ndarray, np.
         rows, cols = rows[order], cols[order]
 
     def firsts(r: np.ndarray, c: np.ndarray):
-        counts = np.bincount(r, minlength=n_rows)
-        rank = np.arange(len(r)) - (np.cumsum(counts) - counts)[r]
-        keep = rank < cap
+        keep, rank = _firsts(r, n_rows, cap)
         return r[keep], c[keep], rank[keep].astype(np.int64)
 
     unseen = ~np.isin(pair_keys(rows, cols, n_cols), pair_keys(*seen, n_cols))
