@@ -449,7 +449,8 @@ def test_the_compact_customer_indexes_answer_like_dicts() -> None:
 
     index = IdIndex(np.array([40, 7, 1_000_000_007, 12]))
     assert [index.get(c) for c in (40, 7, 1_000_000_007, 12, 8, 0, 2**62)] == [0, 1, 2, 3, -1, -1, -1]
-    orders = RecentOrders(np.array([7, 7, 9]), np.array(["C2", "C1", "X"]), np.array(["2011-02-01", "2011-01-01", "2011-03-01"]),
+    orders = RecentOrders(np.array([7, 7, 9]), np.array(["C2", "C1", "Nº3"]), np.array(["2011-02-01", "2011-01-01", "1969-12-31"]),
                           np.array([3, 1, 2]), np.array([10.5, 2.0, 7.25]))
     assert orders.get(7) == [("C2", "2011-02-01", 3, 10.5), ("C1", "2011-01-01", 1, 2.0)]
-    assert orders.get(9) == [("X", "2011-03-01", 2, 7.25)] and orders.get(8, []) == [] and len(orders) == 2
+    assert orders.get(9) == [("Nº3", "1969-12-31", 2, 7.25)] and orders.get(8, []) == [] and len(orders) == 2
+    assert orders.get(10**12) == [] and len(RecentOrders(*(np.array([]),) * 5)) == 0

@@ -218,19 +218,29 @@ class Sources:
             self._inv_key = cust_of_inv.astype(np.float64) * 1e6 + h.inv_age.astype(np.float32).astype(np.float64)
         return self._inv_key
 
+    def ease_profile(self, lo: int = 0, hi: int | None = None) -> np.ndarray:
+        """EASE profile of the History pairs ``lo:hi`` (all by default): exp(-days since last
+        purchase / ease_tau), as float32 (the values of :attr:`P`)."""
+        return np.exp(-self.h.last_age[lo:hi] / self.p.ease_tau).astype(np.float32)
+
+    def cop_weights(self, lo: int = 0, hi: int | None = None) -> np.ndarray:
+        """Co-purchase anchor weights of the History pairs ``lo:hi`` (all by default): log(1 +
+        orders) x exp(-days since last / cop_tau), as float32 (the values of :attr:`W`)."""
+        h = self.h
+        return (np.log1p(h.n_inv[lo:hi]) * np.exp(-h.last_age[lo:hi] / self.p.cop_tau)).astype(np.float32)
+
     @property
     def P(self) -> sp.csr_matrix:
-        """EASE profile: exp(-days since last purchase / ease_tau) per bought item."""
+        """EASE profile per bought item (:meth:`ease_profile`), customers x items."""
         if getattr(self, "_P", None) is None:
-            self._P = self.h.matrix(np.exp(-self.h.last_age / self.p.ease_tau))
+            self._P = self.h.matrix(self.ease_profile())
         return self._P
 
     @property
     def W(self) -> sp.csr_matrix:
-        """Anchor weights for co-purchase: log(1 + orders) * exp(-days since last / tau)."""
+        """Co-purchase anchor weights per bought item (:meth:`cop_weights`), customers x items."""
         if self._W is None:
-            h = self.h
-            self._W = h.matrix(np.log1p(h.n_inv) * np.exp(-h.last_age / self.p.cop_tau))
+            self._W = self.h.matrix(self.cop_weights())
         return self._W
 
     def pop_scores(self) -> np.ndarray:
@@ -414,7 +424,7 @@ class Sources:
                 continue
             tgt = items[sel]
             if code == COP:
-                w = self.W.data[lo:hi].astype(np.float64)
+                w = self.cop_weights(lo, hi).astype(np.float64)  # the row's alone: serving never builds W
                 contrib = w[:, None] * self.S[mine][:, tgt].toarray()
             elif code == EASE:
                 cols = self.ease_cols
@@ -423,7 +433,7 @@ class Sources:
                 tpos = np.minimum(np.searchsorted(cols, tgt), len(cols) - 1)
                 tok = cols[tpos] == tgt
                 contrib = np.full((len(mine), len(tgt)), -np.inf)
-                w = self.P.data[lo:hi].astype(np.float64)
+                w = self.ease_profile(lo, hi).astype(np.float64)
                 sub = self.B[np.ix_(pos[ok], tpos[tok])] * w[ok][:, None]
                 contrib[np.ix_(np.flatnonzero(ok), np.flatnonzero(tok))] = sub
             else:
