@@ -87,6 +87,22 @@ def test_same_lines_in_another_file_are_not_stored_twice(tmp_path: Path, home: P
     assert len(canonical(home / "data")) == 5
 
 
+@pytest.mark.parametrize("held", [None, 1])
+def test_a_day_in_many_small_files_stores_each_line_once(tmp_path: Path, home: Path, monkeypatch, held) -> None:
+    from patron.features.ingest import run
+
+    if held is not None:  # the run forgets every day it is not asked about at once, and reads it again
+        monkeypatch.setattr(run, "HELD_LINE_IDS", held)
+    sales = [line(f"5400{k:02d}", "71053", k + 1, f"2010-12-0{1 + k // 12} {8 + k % 12:02d}:00:00", 1.0) for k in range(24)]
+    # each file repeats the last line of the one before it; the days' files come in two runs
+    files = [write_raw(tmp_path / f"export-{j:02d}.csv", sales[max(2 * j - 1, 0):2 * j + 2]) for j in range(12)]
+    first = ingest(files[:7], home / "data", batch_rows=1)
+    second = ingest(files[7:], home / "data", batch_rows=3)
+    assert first.rows_written + second.rows_written == 24
+    stored = canonical(home / "data")
+    assert sorted(stored["invoice_no"]) == sorted(f"5400{k:02d}" for k in range(24))
+
+
 def test_a_line_is_the_same_line_whatever_the_text_of_its_numbers(tmp_path: Path, home: Path) -> None:
     ingest([write_raw(tmp_path / "a.csv", [line("536365", "71053", 6, "2010-12-01 08:26:00", 3.39, cust="17850.0")])], home / "data")
     # another system's export of the same order: other number formats, minutes only, an hour later

@@ -49,6 +49,7 @@ create table if not exists parts (
     day text,
     rows integer not null
 );
+create index if not exists parts_by_day on parts (kind, day);
 create table if not exists meta (
     key text primary key,
     value text not null
@@ -177,15 +178,18 @@ class OrderStore:
             con.execute("insert or replace into meta values ('line_identity', ?)", (str(LINE_IDENTITY),))
         return len(by_file)
 
-    def existing_line_ids(self, days: Iterable[str]) -> pa.Array:
-        """The ids of the lines committed on these days (ISO dates)."""
-        days = set(days)
+    def line_ids_by_day(self, days: Iterable[str]) -> dict[str, pa.Array]:
+        """The ids of the lines committed on each of these days (ISO dates); a day without any is absent."""
+        days = sorted(set(days))
+        if not days:
+            return {}
         with self._connect() as con:
-            rows = con.execute("select path, day from parts where kind = 'order_lines'").fetchall()
-        paths = [self.data_dir / p for p, d in rows if d in days]
-        if not paths:
-            return pa.array([], pa.int64())
-        return pa.concat_arrays([c for p in paths for c in pq.read_table(p, columns=["line_id"]).column("line_id").chunks])
+            rows = con.execute(f"select day, path from parts where kind = 'order_lines' and day in ({','.join('?' * len(days))})",
+                               days).fetchall()
+        out: dict[str, list[pa.Array]] = {}
+        for day, path in rows:
+            out.setdefault(day, []).extend(pq.read_table(self.data_dir / path, columns=["line_id"]).column("line_id").chunks)
+        return {day: pa.concat_arrays(chunks) for day, chunks in out.items()}
 
     def commit_file(
         self, sha256: str, source: Path, canon: pa.Table, quarantine: pd.DataFrame, report: FileReport

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import queue
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -18,6 +19,8 @@ from patron.features.ingest.ledger import OrderStore, day_of
 from patron.features.ingest.read import RawFrame, find_files, read_raw, validate_header
 from patron.features.ingest.schema import FileReport, IngestReport
 from patron.rules import LINE_CLASSES, Plausibility
+
+HELD_LINE_IDS = 20_000_000  # line ids an ingest run keeps in memory to recognise lines committed before (8 bytes each)
 
 
 def _sha256(path: Path) -> str:
@@ -53,6 +56,7 @@ def ingest(
         store.migrate_line_ids()
         pending: list[tuple[Path, str, RawFrame]] = []
         pending_rows = 0
+        committed = _CommittedIds(store)
         with _ReadAhead(files, store, max_rows=batch_rows) as ahead:
             for path, digest, raw in ahead:
                 # checked again here: the same bytes may have been committed by this run since they were read
@@ -60,7 +64,7 @@ def ingest(
                 if record is None and any(d == digest for _, d, _ in pending):
                     record = {}  # the same bytes twice in one run: the second copy is a re-ingest
                 if record is not None:
-                    _flush(store, pending, report, plausible, progress)
+                    _flush(store, committed, pending, report, plausible, progress)
                     pending, pending_rows = [], 0
                     record = record or store.file_record(digest) or {}
                     report.add(
@@ -83,10 +87,55 @@ def ingest(
                 pending.append((path, digest, raw))
                 pending_rows += raw.rows
                 if pending_rows >= batch_rows:
-                    _flush(store, pending, report, plausible, progress)
+                    _flush(store, committed, pending, report, plausible, progress)
                     pending, pending_rows = [], 0
-        _flush(store, pending, report, plausible, progress)
+        _flush(store, committed, pending, report, plausible, progress)
     return report
+
+
+class _CommittedIds:
+    """The line ids committed on each day, as one run sees them: a day's ids are read from its
+    parts once, then kept up to date as the run commits files, so that a day exported as many
+    small files costs one read of its parts, not one per file (which grows with the square of the
+    files per day). Beyond ``max_ids`` ids in all, the days least recently asked for are
+    forgotten (and read again if asked for again). Valid while the run holds the store's lock:
+    nothing else commits meanwhile."""
+
+    def __init__(self, store: OrderStore, max_ids: int | None = None) -> None:
+        self.store, self.max_ids = store, HELD_LINE_IDS if max_ids is None else max_ids
+        self._days: OrderedDict[str, list[pa.Array]] = OrderedDict()
+        self._held = 0
+
+    def ids(self, days: set[str]) -> pa.Array:
+        """The ids committed on these days (ISO dates)."""
+        missing = [d for d in days if d not in self._days]
+        read = self.store.line_ids_by_day(missing)
+        for d in missing:
+            self._days[d] = [read[d]] if d in read else []
+            self._held += len(read.get(d, ()))
+        for d in sorted(days):
+            self._days.move_to_end(d)
+        chunks = [c for d in sorted(days) for c in self._days[d]]
+        self._forget(keep=days)
+        return pa.concat_arrays(chunks) if chunks else pa.array([], pa.int64())
+
+    def add(self, canon: pa.Table) -> None:
+        """Lines just committed: added to the days already held (a day not held is read when asked for)."""
+        if not canon.num_rows:
+            return
+        days = day_of(canon.column("invoice_ts"))
+        ids = canon.column("line_id").combine_chunks()
+        for d in np.unique(days):
+            if d in self._days:
+                chunk = ids.filter(pa.array(days == d))
+                self._days[d].append(chunk)
+                self._held += len(chunk)
+        self._forget(keep=set())
+
+    def _forget(self, keep: set[str]) -> None:
+        while self._held > self.max_ids and len(self._days) > len(keep):
+            day = next(d for d in self._days if d not in keep)
+            self._held -= sum(len(c) for c in self._days.pop(day))
 
 
 class _ReadAhead:
@@ -146,6 +195,7 @@ class _ReadAhead:
 
 def _flush(
     store: OrderStore,
+    committed: "_CommittedIds",
     pending: list[tuple[Path, str, RawFrame]],
     report: IngestReport,
     plausible: Plausibility,
@@ -180,7 +230,7 @@ def _flush(
             # The same order lines can arrive again in a later, differently named export.
             # a day either side: another system's clock or time zone can put the same line on the next day
             days = np.unique(day_of(canon.column("invoice_ts")).astype("datetime64[D]"))
-            known = store.existing_line_ids({str(d + k) for d in days for k in (-1, 0, 1)})
+            known = committed.ids({str(d + k) for d in days for k in (-1, 0, 1)})
             if len(known):
                 canon = canon.filter(pc.invert(pc.is_in(canon.column("line_id"), value_set=known)))
         fr = FileReport(
@@ -195,6 +245,7 @@ def _flush(
             delimiter=raw.delimiter,
         )
         store.commit_file(digest, path, canon, quarantine, fr)
+        committed.add(canon)
         report.add(fr)
         crash_point("ingest")  # a file committed, the next ones not yet
         if progress:
