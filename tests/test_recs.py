@@ -667,6 +667,19 @@ def test_lines_in_any_order_give_the_same_history(cluster) -> None:
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
 
 
+def test_the_matrix_of_some_customers_is_the_rows_of_the_whole_one(cluster) -> None:
+    from patron.training.recs.history import History
+
+    lines, _, _ = cluster
+    h = History.from_lines(lines, AS_OF)
+    rows = np.random.default_rng(4).integers(0, h.n_customers, 40)
+    rows[:3] = [rows[5], h.n_customers - 1, 0]  # repeats and both ends
+    for got, want in ((h.rows_matrix(rows), h.matrix()[rows]),
+                      (h.rows_matrix(rows, h.qty[h.pair_positions(rows)], np.float64), h.matrix(h.qty, np.float64)[rows])):
+        assert got.dtype == want.dtype and np.array_equal(got.toarray(), want.toarray())
+    assert h.rows_matrix(np.zeros(0, np.int64)).shape == (0, h.n_items)
+
+
 def test_a_data_folder_gives_the_history_and_truth_of_its_valid_lines_without_a_frame_of_them(tmp_path) -> None:
     """The recommender reads a data folder's committed lines by DuckDB: the same history, sources
     and holdout truth as the frame of valid lines, returns and cancellations left out."""

@@ -68,9 +68,10 @@ class BuyAgainRecommender(DenseRecommender):
 
     def _dense_scores(self, rows: np.ndarray) -> np.ndarray:
         h = self._check_fitted()
+        pos = h.pair_positions(rows)
         # count + a recency tie-breaker in (0, 0.5]
-        val = h.n_inv + 0.5 * np.exp(-h.last_age / 365.0)
-        m = h.matrix(val, np.float64)[rows].toarray()
+        val = h.n_inv[pos] + 0.5 * np.exp(-h.last_age[pos] / 365.0)
+        m = h.rows_matrix(rows, val, np.float64).toarray()
         m[m == 0] = -np.inf
         return m
 
@@ -145,7 +146,7 @@ class EASERecommender(DenseRecommender):
 
     def _dense_scores(self, rows: np.ndarray) -> np.ndarray:
         h = self._check_fitted()
-        Xr = h.matrix()[rows][:, self.cols]
+        Xr = h.rows_matrix(rows)[:, self.cols]
         out = np.full((len(rows), h.n_items), -np.inf)
         out[:, self.cols] = np.asarray(Xr @ self.B)
         return out

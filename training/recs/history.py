@@ -156,6 +156,22 @@ class History:
         data = np.ones(len(self.indices), dtype) if values is None else values.astype(dtype)
         return sp.csr_matrix((data, self.indices, self.indptr), shape=(self.n_customers, self.n_items))
 
+    def pair_positions(self, rows: np.ndarray) -> np.ndarray:
+        """Positions in the pair arrays (``indices``, ``n_inv``, ...) of these customer rows' pairs,
+        row by row in the order given."""
+        rows = np.asarray(rows, np.int64)
+        lens = np.diff(self.indptr)[rows]
+        return np.arange(lens.sum()) - np.repeat(np.cumsum(lens) - lens, lens) + np.repeat(self.indptr[rows], lens)
+
+    def rows_matrix(self, rows: np.ndarray, data: np.ndarray | None = None, dtype=np.float32) -> sp.csr_matrix:
+        """``matrix(values)[rows]`` without building the whole matrix: ``data`` holds the values at
+        :meth:`pair_positions` (ones when None)."""
+        rows = np.asarray(rows, np.int64)
+        pos = self.pair_positions(rows)
+        values = np.ones(len(pos), dtype) if data is None else np.asarray(data).astype(dtype)
+        indptr = np.concatenate([[0], np.cumsum(np.diff(self.indptr)[rows])]).astype(np.int64)
+        return sp.csr_matrix((values, self.indices[pos], indptr), shape=(len(rows), self.n_items))
+
     def customer_index(self, customer_ids: Iterable) -> np.ndarray:
         """Internal row of each customer id, -1 for unknown customers."""
         ids = as_ids(customer_ids)

@@ -293,7 +293,7 @@ class Sources:
         nb, n_i, cap = len(rows), h.n_items, p.rank_cap
         # the block's history pairs, in row then item order (positions into the History arrays)
         lens = np.diff(h.indptr)[rows]
-        gpos = np.arange(lens.sum()) - np.repeat(np.cumsum(lens) - lens, lens) + np.repeat(h.indptr[rows], lens)
+        gpos = h.pair_positions(rows)
         s_rows = np.repeat(np.arange(nb, dtype=np.int64), lens)
         s_cols = h.indices[gpos].astype(np.int64)
         seen = (s_rows, s_cols)
