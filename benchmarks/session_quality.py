@@ -27,6 +27,7 @@ Hyper-parameters are chosen on the validation split only (fit before 2011-05-01,
 
     python benchmarks/session_quality.py --data $PATRON_HOME/data --split validation --grid
     python benchmarks/session_quality.py --data $PATRON_HOME/data --split test   # once, at the end
+    python benchmarks/session_quality.py --data HOME/data --as-of 2023-12-01 --end 2024-01-01  # another shop
 
 Nothing is written; the tables go to stdout.
 """
@@ -239,6 +240,8 @@ def main() -> None:
     ap.add_argument("--params", default="{}", help="JSON overrides of SessionParams, or a list of them to compare")
     ap.add_argument("--alpha", type=float, default=None,
                     help=f"blend weight of the session model (default: {BLEND_ALPHAS} on validation, {CHOSEN_ALPHA} on test)")
+    ap.add_argument("--as-of", type=dt.date.fromisoformat, help="another split: fit before this day (with --end)")
+    ap.add_argument("--end", type=dt.date.fromisoformat, help="another split: test from --as-of up to this day")
     ap.add_argument("--max-held-out", type=int, default=50)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--bootstrap", type=int, default=1000, help="resamples for the confidence intervals (0: none)")
@@ -250,9 +253,15 @@ def main() -> None:
 
     torch.set_num_threads(1)
     as_of, end = SPLITS[args.split]
+    if (args.as_of is None) != (args.end is None):
+        ap.error("--as-of and --end go together")
+    if args.as_of is not None:  # another shop's split (a synthetic one, say): the defaults are not tuned on it
+        if args.grid:
+            ap.error("--grid tunes on the shipped shop's validation split only")
+        as_of, end = (dt.datetime.combine(d, dt.time(), dt.timezone.utc) for d in (args.as_of, args.end))
     lines = load_lines(args.data, valid_only=False, columns=COLUMNS)
     ev = Eval(lines, as_of, end, args.max_held_out, args.seed)
-    print(f"split {args.split}: fit before {as_of.date()}, test [{as_of.date()}, {end.date()}): "
+    print(f"split {args.split if args.as_of is None else 'given'}: fit before {as_of.date()}, test [{as_of.date()}, {end.date()}): "
           f"{ev.n_baskets} baskets, {len(ev.full)} queries, {len(ev.items)} known items, "
           f"{ev.n_new_item_lines} test lines of items new after {as_of.date()} dropped")
 
