@@ -151,7 +151,16 @@ def popularity(ev: Eval, days: int = 30) -> np.ndarray:
 
 
 def co_purchase_matrix(ev: Eval) -> np.ndarray:
-    S = basket_similarity(ev.train, ev.items, neighbours=100, shrink=2.0)
+    """Co-purchase over the same baskets the session model learns from (guests' included): the
+    views ``cl`` (invoice, item code) and ``pl`` (invoice) that basket_similarity reads."""
+    from patron import duck
+
+    coded = pd.DataFrame({"invoice_no": ev.train["invoice_no"].astype(str).to_numpy(),
+                          "i": np.searchsorted(ev.items, ev.train["item_id"].to_numpy()).astype(np.int32)})
+    with duck.connect() as con:
+        con.register("cl", coded)
+        con.execute("CREATE TEMP VIEW pl AS SELECT invoice_no FROM cl")
+        S = basket_similarity(con, len(ev.items), neighbours=100, shrink=2.0)
     return S.toarray().astype(np.float32)
 
 
