@@ -7,6 +7,7 @@ with, and a model that fails to load never replaces one that works.
 
 from __future__ import annotations
 
+import atexit
 import datetime as dt
 import gc
 import logging
@@ -23,6 +24,18 @@ from patron.settings import PatronSettings
 log = logging.getLogger(__name__)
 
 
+
+
+_THAW: list[bool] = []
+
+
+def _thaw_at_exit() -> None:
+    """Frozen objects are never collected, not even when the interpreter exits: DuckDB's bindings
+    then report every object of theirs still reachable from the models as leaked. Thawed at exit,
+    the last collection frees them."""
+    if not _THAW:
+        atexit.register(gc.unfreeze)
+        _THAW.append(True)
 
 
 def _reader(store) -> OnlineFeatures:
@@ -142,6 +155,7 @@ class Runtime:
         gc.unfreeze()
         gc.collect()
         gc.freeze()
+        _thaw_at_exit()
         changed = {k: v for k, v in fresh.versions.items() if previous.get(k) != v}
         message = ("loaded " + ", ".join(f"{k} v{v}" for k, v in changed.items())) if changed else "already serving the champions"
         log.info("reload: %s", message)
