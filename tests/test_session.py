@@ -271,3 +271,19 @@ def test_a_large_shop_fits_on_a_bounded_sample_and_still_learns_its_baskets() ->
     model = SessionModel(**p).fit(checkerboard(), AS_OF)
     assert model.summary["examples_per_epoch"] < 60
     assert [item for item, _ in model.recommend(["A", "B"], k=1)] == ["C"]
+
+
+def test_reading_baskets_keeps_within_the_duckdb_limit_and_says_so_past_it(monkeypatch) -> None:
+    """The baskets are one sort of every basket line: DuckDB runs it under the batch memory limit
+    (spilling to disk), and a limit too small for it ends with the step named, not a kill."""
+    from patron import duck
+
+    lines = pd.concat([checkerboard().assign(invoice_no=lambda d, k=k: d["invoice_no"] + f"-{k}") for k in range(300)])
+    whole = Baskets.build(lines, AS_OF)
+    monkeypatch.setenv("PATRON_DUCKDB_MEMORY_LIMIT", "1MB")
+    with pytest.raises(duck.OutOfMemory, match="reading the baskets for the session model.*PATRON_DUCKDB_MEMORY_LIMIT"):
+        Baskets.build(lines, AS_OF)
+    monkeypatch.setenv("PATRON_DUCKDB_MEMORY_LIMIT", "64MB")
+    again = Baskets.build(lines, AS_OF)
+    assert whole.n_baskets == 300 * 100 and all(np.array_equal(getattr(whole, k), getattr(again, k))
+                                             for k in ("items", "indptr", "indices", "age_days"))

@@ -145,7 +145,8 @@ class Baskets:
         from patron import duck
 
         t = utc_timestamp(as_of)
-        with duck.connect() as con:
+        limit = duck.memory_limit()  # all basket lines are sorted: past the limit, DuckDB spills to disk
+        with duck.connect(memory_limit=limit) as con, duck.within_memory("reading the baskets for the session model", limit):
             if isinstance(lines, pd.DataFrame):
                 missing = [c for c in BASKET_COLUMNS if c not in lines.columns]
                 if missing:
